@@ -1,0 +1,1 @@
+"""Export: DeepImageJ SavedModel, ONNX, BioImage.IO rdf, validation across runtimes, prediction."""

@@ -1,0 +1,195 @@
+"""One validated configuration object for data, model, losses and training.
+
+Everything a run needs is here, and the *resolved* copy (normalisation statistics filled in) is
+written to the run folder as ``config.yaml``: export and prediction read that file, so the
+normalisation used at inference is exactly the one used in training.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NOISE_LEVELS = (1, 2, 4, 8, 16, 400)
+
+#: Global z-score the W2S authors used over all raw widefield captures.
+W2S_RAW_MEAN = 154.535390853
+W2S_RAW_STD = 66.02846351802853
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SimulatorConfig(_Strict):
+    """W2S-like synthetic pairs (see training/data/simulator.py)."""
+
+    n_fovs: int = Field(24, ge=2, description="fields of view to simulate (numbered 1..n)")
+    channels: int = Field(1, ge=1, le=3)
+    lr_size: int = Field(128, ge=32, description="widefield image side (W2S: 512)")
+    noise_level: int = Field(1, description="avgN level the noisiest frame mimics")
+    seed: int = 0
+    layout: Literal["raw", "npy", "png"] = "npy"
+    n_frames: int = Field(16, ge=1, description="raw layout only: frames per FOV (W2S: 400)")
+
+    @field_validator("noise_level")
+    @classmethod
+    def _known_level(cls, v: int) -> int:
+        if v not in NOISE_LEVELS:
+            raise ValueError(f"noise_level must be one of {NOISE_LEVELS}, got {v}")
+        return v
+
+
+class DataConfig(_Strict):
+    root: Path = Field(Path("data/simulated"), description="data folder in one of the W2S layouts")
+    layout: Literal["auto", "raw", "npy", "png"] = "auto"
+    noise_level: int = Field(1, description="which avgN input to train on (1, 2, 4, 8, 16, 400)")
+    channels: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    train_fovs: list[int] = Field(default_factory=lambda: list(range(1, 81)))
+    test_fovs: list[int] = Field(default_factory=lambda: list(range(81, 121)))
+    #: validation subset, taken out of train_fovs
+    val_fovs: list[int] = Field(default_factory=lambda: list(range(73, 81)))
+    lr_patch: int = Field(64, ge=8)
+    scale: Literal[2] = 2
+    overlap: float = Field(0.5, ge=0.0, lt=1.0)
+    #: rule for images whose size is not patch-aligned: "crop" drops the incomplete last
+    #: row/column of patches, "shift" adds one extra patch flush with the far edge.
+    unaligned: Literal["crop", "shift"] = "shift"
+    augment: bool = True
+    shuffle_buffer: int = Field(2048, ge=1)
+    simulate: Optional[SimulatorConfig] = None
+
+    @field_validator("noise_level")
+    @classmethod
+    def _known_level(cls, v: int) -> int:
+        if v not in NOISE_LEVELS:
+            raise ValueError(f"noise_level must be one of {NOISE_LEVELS}, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _splits(self) -> "DataConfig":
+        if set(self.val_fovs) - set(self.train_fovs):
+            raise ValueError("val_fovs must be a subset of train_fovs")
+        if set(self.train_fovs) & set(self.test_fovs):
+            raise ValueError("train_fovs and test_fovs overlap")
+        if not set(self.train_fovs) - set(self.val_fovs):
+            raise ValueError("no training FOVs left after removing val_fovs")
+        return self
+
+
+class NormalizationConfig(_Strict):
+    """Fixed z-score of the input, and the affine map from network output to target units.
+
+    In the bundle this becomes ``zero_mean_unit_variance`` (mode fixed) before the network and
+    ``scale_linear`` (gain = target_std, offset = target_mean) after it: ops DeepImageJ 3 implements.
+    ``None`` means "measure on the training images" when the run starts.
+    """
+
+    input_mean: Optional[float] = None
+    input_std: Optional[float] = Field(None, gt=0)
+    target_mean: Optional[float] = None
+    target_std: Optional[float] = Field(None, gt=0)
+
+    @property
+    def resolved(self) -> bool:
+        return None not in (self.input_mean, self.input_std, self.target_mean, self.target_std)
+
+
+class GeneratorConfig(_Strict):
+    name: str = "rrdbnet"
+    nb: int = Field(23, ge=1, description="number of RRDB blocks")
+    nf: int = Field(64, ge=1, description="trunk feature channels")
+    gc: int = Field(32, ge=1, description="growth channels inside a dense block")
+    in_channels: Literal[1] = 1
+    out_channels: Literal[1] = 1
+    scale: Literal[2] = 2
+    residual_scale: float = 0.2
+    init_scale: float = 0.1
+
+
+class DiscriminatorConfig(_Strict):
+    name: str = "vgg128"
+    base: int = Field(64, ge=1)
+    patch: int = 128
+
+
+class LossConfig(_Strict):
+    pixel: Literal["l1", "l2"] = "l1"
+    pretrain_pixel_weight: float = 1e-2
+    pixel_weight: float = 1e-2
+    perceptual_weight: float = 1e-2
+    perceptual_criterion: Literal["l1", "l2"] = "l1"
+    #: VGG19 layer whose *pre-activation* output is compared (report: conv3_4)
+    perceptual_layer: str = "block3_conv4"
+    texture_weight: float = 0.0
+    adversarial_weight: float = 1.0
+    discriminator_weight: float = 1.0
+    #: "imagenet" (Keras cache), a path to a local .h5/.weights.h5 file, or "random" (tests only)
+    vgg_weights: str = "imagenet"
+
+
+class PhaseConfig(_Strict):
+    epochs: int = Field(50, ge=0)
+    steps_per_epoch: Optional[int] = Field(None, ge=1, description="None = one pass over all patches")
+    learning_rate: float = Field(1e-4, gt=0)
+    lr_decay_per_epoch: float = Field(0.5, gt=0, le=1)
+
+
+class TrainConfig(_Strict):
+    global_batch_size: int = Field(16, ge=1)
+    pretrain: PhaseConfig = Field(default_factory=PhaseConfig)
+    gan: PhaseConfig = Field(default_factory=PhaseConfig)
+    beta_1: float = 0.9
+    beta_2: float = 0.99
+    amsgrad: bool = True
+    mixed_precision: bool = False
+    strategy: Literal["auto", "default", "mirrored", "multiworker"] = "auto"
+    checkpoint_every_steps: int = Field(200, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    validate_every_epochs: int = Field(1, ge=1)
+    val_images: int = Field(4, ge=1, description="validation images shown in the PNG panels")
+    seed: int = 0
+
+
+class Config(_Strict):
+    name: str = "w2s-esrgan"
+    data: DataConfig = Field(default_factory=DataConfig)
+    normalization: NormalizationConfig = Field(default_factory=NormalizationConfig)
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    discriminator: DiscriminatorConfig = Field(default_factory=DiscriminatorConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config; errors name the file and the offending key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        return Config.model_validate(raw)
+    except Exception as exc:  # pydantic.ValidationError, re-raised with the file name
+        raise ValueError(f"{path}: invalid configuration:\n{exc}") from None
+
+
+def dump_config(cfg: Config, path: str | Path) -> None:
+    """Write the config as YAML atomically (temp file + rename)."""
+    from training.io import atomic_write_text
+
+    text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    atomic_write_text(Path(path), text)
+
+
+def packaged_config(name: str) -> Path:
+    """Path of a config shipped with the package (``demo``, ``w2s-full``, ``tiny``)."""
+    path = Path(__file__).parent / "configs" / f"{name}.yaml"
+    if not path.exists():
+        available = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise FileNotFoundError(f"no packaged config '{name}'; available: {available}")
+    return path

@@ -1,0 +1,71 @@
+"""One command line, ``w2sr``, with a subcommand per job.
+
+Each subcommand is registered by the module that owns it (``register(subparsers)``); heavy imports
+(TensorFlow, ONNX) happen only inside the handlers, so ``w2sr --help`` answers at once.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from w2sr.errors import UserError
+
+#: modules that contribute subcommands, in the order they appear in --help
+COMMAND_MODULES = (
+    "training.cli_data",      # simulate, check-data
+    "training.cli_train",     # train, evaluate
+    "export.cli_export",      # export, validate
+    "export.cli_engines",     # check-engines
+    "export.cli_predict",     # predict
+    "w2sr.demo",              # demo
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="w2sr",
+        description=(
+            "Joint denoising + 2x super-resolution of widefield fluorescence images (W2S, ESRGAN), "
+            "from training to a DeepImageJ / BioImage.IO bundle."
+        ),
+        epilog="Run 'w2sr COMMAND --help' for the options of one command.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # a command not written yet; keep the others usable
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.handler(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
