@@ -1,0 +1,98 @@
+"""Read what a prediction needs from a built bundle's rdf.yaml (format 0.4.10).
+
+The predictor, the Fiji stand-in and the engine check all go through this one reader, so they use
+the rdf's own numbers (normalisation, halo, sizes), not copies of the training config.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from w2sr.errors import UserError
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    root: Path
+    name: str
+    input_mean: float
+    input_std: float
+    target_mean: float
+    target_std: float
+    halo: int            # in input pixels (the rdf states it on the output, 2x this)
+    min_size: int        # smallest input side the rdf allows
+    step: int            # valid sizes are min_size + n * step
+    scale: int           # output / input size (2)
+    onnx_path: Optional[Path]
+    savedmodel_zip: Optional[Path]
+    keras_path: Optional[Path]
+    test_input: Path
+    test_output: Path
+
+    def is_valid_size(self, n: int) -> bool:
+        return n >= self.min_size and (n - self.min_size) % self.step == 0
+
+    def valid_size_at_least(self, n: int) -> int:
+        """Smallest size the rdf allows that is >= n."""
+        if n <= self.min_size:
+            return self.min_size
+        k = -(-(n - self.min_size) // self.step)
+        return self.min_size + k * self.step
+
+
+def _kwargs(ops: list, name: str, rdf: Path) -> dict:
+    for op in ops or []:
+        if op.get("name") == name:
+            return op.get("kwargs", {})
+    raise UserError(f"{rdf}: expected a '{name}' processing step, found {[o.get('name') for o in ops or []]}")
+
+
+def read_bundle(path: str | Path) -> BundleInfo:
+    """Parse ``path`` (a bundle folder or its rdf.yaml) into a BundleInfo; errors name the file."""
+    path = Path(path)
+    rdf = path / "rdf.yaml" if path.is_dir() else path
+    if not rdf.exists():
+        raise UserError(f"{path}: not a model bundle (no rdf.yaml)")
+    try:
+        doc = yaml.safe_load(rdf.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{rdf}: unreadable rdf: {exc}") from None
+    root = rdf.parent
+    try:
+        inp, out = doc["inputs"][0], doc["outputs"][0]
+        pre = _kwargs(inp.get("preprocessing"), "zero_mean_unit_variance", rdf)
+        post = _kwargs(out.get("postprocessing"), "scale_linear", rdf)
+        axes = inp["axes"]
+        y = axes.index("y")
+        min_size = int(inp["shape"]["min"][y])
+        step = int(inp["shape"]["step"][y])
+        scale = int(round(float(out["shape"]["scale"][y])))
+        halo_out = int(out.get("halo", [0] * len(axes))[y])
+        weights = doc.get("weights", {})
+
+        def weight(key: str) -> Optional[Path]:
+            entry = weights.get(key)
+            return root / entry["source"] if entry else None
+
+        return BundleInfo(
+            root=root,
+            name=str(doc.get("name", root.name)),
+            input_mean=float(pre["mean"]),
+            input_std=float(pre["std"]),
+            target_mean=float(post["offset"]),
+            target_std=float(post["gain"]),
+            halo=halo_out // scale,
+            min_size=min_size,
+            step=step,
+            scale=scale,
+            onnx_path=weight("onnx"),
+            savedmodel_zip=weight("tensorflow_saved_model_bundle"),
+            keras_path=weight("keras_hdf5"),
+            test_input=root / doc["test_inputs"][0],
+            test_output=root / doc["test_outputs"][0],
+        )
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise UserError(f"{rdf}: not a w2sr bundle rdf (format 0.4.10 expected): missing or bad {exc}") from None
