@@ -32,7 +32,7 @@ class SimulatorConfig(_Strict):
     noise_level: int = Field(1, description="avgN level the noisiest frame mimics")
     seed: int = 0
     layout: Literal["raw", "npy", "png"] = "npy"
-    n_frames: int = Field(16, ge=1, description="raw layout only: frames per FOV (W2S: 400)")
+    n_frames: int = Field(400, ge=1, description="raw layout only: frames per FOV (W2S: 400; avg1 is frame 249)")
 
     @field_validator("noise_level")
     @classmethod
@@ -58,7 +58,7 @@ class DataConfig(_Strict):
     #: row/column of patches, "shift" adds one extra patch flush with the far edge.
     unaligned: Literal["crop", "shift"] = "shift"
     augment: bool = True
-    shuffle_buffer: int = Field(2048, ge=1)
+    # (no shuffle buffer: every epoch is an exact permutation of all patches)
     simulate: Optional[SimulatorConfig] = None
 
     @field_validator("noise_level")

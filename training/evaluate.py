@@ -1,0 +1,146 @@
+"""Evaluate a trained run on whole test images: PSNR/SSIM of the model and of bicubic vs SIM.
+
+Each test image goes through exactly the bundle's path (``export/processing.py``):
+raw LR -> preprocess (input z-score) -> generator -> postprocess (target units), and is compared
+with its SIM target in target units, data range = the target's range (``training/metrics.py``).
+The bicubic baseline goes through the same normalisation (``metrics.bicubic_baseline``).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from export.processing import postprocess, preprocess
+from training import metrics
+from training.config import load_config
+from training.io import atomic_write_text
+from w2sr.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = ["name", "fov", "channel", "psnr_model", "ssim_model", "psnr_bicubic", "ssim_bicubic",
+           "data_range", "seconds"]
+_METRIC_COLUMNS = ["psnr_model", "ssim_model", "psnr_bicubic", "ssim_bicubic"]
+
+
+def load_run(run_dir: Path):
+    """(Config, generator) of a run folder; UserError naming the missing or bad file."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run folder not found: {run_dir}")
+    config_path = run_dir / "config.yaml"
+    model_path = run_dir / "generator.keras"
+    try:
+        cfg = load_config(config_path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    if not cfg.normalization.resolved:
+        raise UserError(f"{config_path}: normalization is not resolved (the run did not finish "
+                        f"its start-up); evaluate needs input/target mean and std")
+    if not model_path.is_file():
+        raise UserError(f"generator not found: {model_path} (has the run finished?)")
+    import keras
+
+    import training.models  # noqa: F401  (registers the custom layers)
+
+    try:
+        model = keras.models.load_model(model_path, compile=False)
+    except Exception as exc:
+        raise UserError(f"{model_path}: cannot load the generator: {exc}") from None
+    return cfg, model
+
+
+def predict_image(model, lr: np.ndarray, norm) -> np.ndarray:
+    """One whole raw LR image (H, W) -> prediction (2H, 2W) in target units, float32."""
+    import keras
+
+    x = preprocess(lr, norm.input_mean, norm.input_std)[None, :, :, None]
+    y = keras.ops.convert_to_numpy(model(x, training=False)).astype(np.float32)[0, :, :, 0]
+    return postprocess(y, norm.target_mean, norm.target_std)
+
+
+def _mean_row(rows: list[dict]) -> dict:
+    row = {c: "" for c in COLUMNS}
+    row["name"] = "mean"
+    for c in _METRIC_COLUMNS + ["seconds"]:
+        row[c] = float(np.mean([r[c] for r in rows]))
+    return row
+
+
+def evaluate_run(run_dir, data_root=None, layout: str = "auto", noise_level: Optional[int] = None,
+                 fovs: Optional[Sequence[int]] = None, channels: Optional[Sequence[int]] = None,
+                 out_csv=None) -> list[dict]:
+    """Per-image PSNR/SSIM (model and bicubic) on the test FOVs, then a final "mean" row.
+
+    Defaults come from the run's ``config.yaml``: data root, layout, noise level, channels and
+    ``data.test_fovs``. The CSV (default ``RUN/evaluation_avg{N}.csv``) is written atomically.
+    """
+    from training.data.layouts import load_pairs, resolve_layout
+
+    run_dir = Path(run_dir)
+    cfg, model = load_run(run_dir)
+    norm = cfg.normalization
+    root = Path(data_root) if data_root is not None else Path(cfg.data.root)
+    if layout == "auto" and data_root is None and cfg.data.layout != "auto":
+        layout = cfg.data.layout
+    layout = resolve_layout(root, layout)
+    noise_level = cfg.data.noise_level if noise_level is None else int(noise_level)
+    fovs = list(cfg.data.test_fovs if fovs is None else fovs)
+    channels = list(cfg.data.channels if channels is None else channels)
+    # no PNG split restriction: the FOV list selects the images, wherever they are filed
+    pairs = load_pairs(root, layout, noise_level, channels, fovs, split=None, progress=False)
+    if not pairs:
+        raise UserError(f"{root}: no test images for FOVs {fovs}, channels {channels}, avg{noise_level}")
+    logger.info("evaluating %s on %d images from %s (%s layout, avg%d)", run_dir, len(pairs),
+                root, layout, noise_level)
+
+    rows = []
+    for pair in pairs:
+        start = time.perf_counter()
+        pred = predict_image(model, pair.lr, norm)
+        seconds = time.perf_counter() - start
+        target = np.asarray(pair.hr, dtype=np.float32)
+        if pred.shape != target.shape:
+            raise UserError(f"{pair.hr_source}: target shape {target.shape} is not 2x the input "
+                            f"{pair.lr.shape} ({pair.lr_source})")
+        bicubic = metrics.bicubic_baseline(pair.lr, norm.input_mean, norm.input_std,
+                                           norm.target_mean, norm.target_std)
+        dr = metrics.target_range(target)
+        model_m = metrics.image_metrics(pred, target, dr)
+        bic_m = metrics.image_metrics(bicubic, target, dr)
+        rows.append({
+            "name": pair.name, "fov": pair.fov, "channel": pair.channel,
+            "psnr_model": model_m["psnr"], "ssim_model": model_m["ssim"],
+            "psnr_bicubic": bic_m["psnr"], "ssim_bicubic": bic_m["ssim"],
+            "data_range": dr, "seconds": seconds,
+        })
+        logger.info("%s: model %.2f dB / %.4f, bicubic %.2f dB / %.4f (%.1f s)", pair.name,
+                    model_m["psnr"], model_m["ssim"], bic_m["psnr"], bic_m["ssim"], seconds)
+    rows.append(_mean_row(rows))
+
+    out_csv = Path(out_csv) if out_csv is not None else run_dir / f"evaluation_avg{noise_level}.csv"
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out_csv, buffer.getvalue())
+    logger.info("wrote %s", out_csv)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """A fixed-width text table of evaluation rows, for the terminal."""
+    header = f"{'image':<12} {'PSNR model':>11} {'SSIM model':>11} {'PSNR bicubic':>13} {'SSIM bicubic':>13}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        if r["name"] == "mean":
+            lines.append("-" * len(header))
+        lines.append(f"{str(r['name']):<12} {r['psnr_model']:>11.2f} {r['ssim_model']:>11.4f} "
+                     f"{r['psnr_bicubic']:>13.2f} {r['ssim_bicubic']:>13.4f}")
+    return "\n".join(lines)
