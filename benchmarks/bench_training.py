@@ -1,0 +1,185 @@
+#!/usr/bin/env python
+"""Training-step time and peak memory, per config and phase (a script, not a test).
+
+Each (config, phase) is measured in its own subprocess, so the peak resident memory
+(``ru_maxrss``; tracemalloc does not see TensorFlow's allocations) belongs to that measurement
+alone. A step is one optimisation step on a random batch of the config's global batch size
+(LR 64 x 64 patches): phase 1 = generator on the pixel loss; phase 2 = generator on pixel +
+perceptual (VGG19 to conv3_4) + adversarial loss and one discriminator step. Reported: the median
+over the measured steps after warm-up (the first call traces the tf.function), plus min/max.
+
+    python benchmarks/bench_training.py                 # tiny and demo configs
+    python benchmarks/bench_training.py --full          # also the full W2S generator (slow on CPU)
+    python benchmarks/bench_training.py --out benchmarks/results/training.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def machine() -> dict:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError):
+        mem_gb = None
+    info = {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": mem_gb, "python": platform.python_version(),
+            "platform": platform.platform()}
+    try:
+        info["cpu_affinity"] = len(os.sched_getaffinity(0))
+    except AttributeError:
+        pass
+    return info
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Runs in the subprocess: build, warm up, time ``steps`` steps, print one JSON line."""
+    t0 = time.perf_counter()
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from training.cli_train import apply_overrides, resolve_config_path
+    from training.config import load_config
+    from training.strategy import make_strategy
+    from training.train import Trainer
+
+    cfg = load_config(resolve_config_path(args.config))
+    overrides = ["loss.vgg_weights=random", "train.strategy=default"]
+    if args.batch:
+        overrides.append(f"train.global_batch_size={args.batch}")
+    cfg = apply_overrides(cfg, overrides)
+    keras.utils.set_random_seed(0)
+    trainer = Trainer(cfg, make_strategy(cfg.train.strategy))
+    t_build = time.perf_counter() - t0
+    b, p = cfg.train.global_batch_size, cfg.data.lr_patch
+    rng = np.random.default_rng(0)
+    lr = tf.constant(rng.standard_normal((b, p, p, 1), dtype=np.float32))
+    hr = tf.constant(rng.standard_normal((b, 2 * p, 2 * p, 1), dtype=np.float32))
+    step = trainer.step_fn(args.phase)
+    times = []
+    first = None
+    for i in range(args.warmup + args.steps):
+        t = time.perf_counter()
+        out = step(lr, hr)
+        float(out["loss_g"])  # wait for the step to finish
+        dt = time.perf_counter() - t
+        if i == 0:
+            first = dt
+        if i >= args.warmup:
+            times.append(dt)
+    med = statistics.median(times)
+    print("RESULT " + json.dumps({
+        "config": args.config, "phase": args.phase, "batch": b, "lr_patch": p,
+        "generator_params": trainer.generator.count_params(),
+        "discriminator_params": trainer.discriminator.count_params(),
+        "steps": len(times), "warmup": args.warmup,
+        "median_s": med, "min_s": min(times), "max_s": max(times),
+        "steps_per_s": 1.0 / med, "patches_per_s": b / med,
+        "first_step_s": first, "build_s": t_build,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "tensorflow": tf.__version__, "keras": keras.__version__,
+        "devices": [d.name for d in tf.config.list_logical_devices()],
+    }), flush=True)
+
+
+def run_one(config: str, phase: str, steps: int, warmup: int, batch: int | None, timeout: int) -> dict:
+    cmd = [sys.executable, __file__, "--worker", "--config", config, "--phase", phase,
+           "--steps", str(steps), "--warmup", str(warmup)]
+    if batch:
+        cmd += ["--batch", str(batch)]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            result = json.loads(line[len("RESULT "):])
+            result["wall_s"] = time.perf_counter() - t
+            return result
+    tail = "\n".join((proc.stderr or proc.stdout).splitlines()[-15:])
+    raise RuntimeError(f"benchmark {config}/{phase} failed (exit {proc.returncode}):\n{tail}")
+
+
+def table(results: list[dict]) -> str:
+    head = ("| config | phase | batch | G params | median step (s) | min-max (s) | patches/s | "
+            "first step (s) | peak RSS (MB) |")
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+    for r in results:
+        lines.append(
+            f"| {r['config']} | {r['phase']} | {r['batch']} | {r['generator_params']:,} | "
+            f"{r['median_s']:.3f} | {r['min_s']:.3f}-{r['max_s']:.3f} | {r['patches_per_s']:.1f} | "
+            f"{r['first_step_s']:.1f} | {r['peak_rss_mb']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--configs", default="tiny,demo", help="comma-separated configs (default: tiny,demo)")
+    ap.add_argument("--phases", default="pretrain,gan", help="phases to time (default: both)")
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per measurement (default 10)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    ap.add_argument("--full", action="store_true",
+                    help="also time the full W2S generator (w2s config; ~10 s/step on 2 CPU cores)")
+    ap.add_argument("--full-steps", type=int, default=2, help="timed steps for --full (default 2)")
+    ap.add_argument("--full-batch", type=int, default=4,
+                    help="batch for --full (default 4; the w2s config trains with 16, ~4x the memory)")
+    ap.add_argument("--out", type=Path, help="also write the results as JSON here")
+    ap.add_argument("--timeout", type=int, default=1800, help="seconds per measurement")
+    # internal: one measurement in this process
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--config", help=argparse.SUPPRESS)
+    ap.add_argument("--phase", help=argparse.SUPPRESS)
+    ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
+
+    plan = [(c, p, args.steps, args.warmup, None) for c in args.configs.split(",") if c
+            for p in args.phases.split(",")]
+    if args.full:
+        plan += [("w2s", p, args.full_steps, 1, args.full_batch) for p in args.phases.split(",")]
+    info = machine()
+    print(f"machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB, Python {info['python']}")
+    results = []
+    for config, phase, steps, warmup, batch in plan:
+        print(f"  timing {config} / {phase}: {warmup} warm-up + {steps} steps ...", flush=True)
+        r = run_one(config, phase, steps, warmup, batch, args.timeout)
+        print(f"    median {r['median_s']:.3f} s/step, {r['patches_per_s']:.1f} patches/s, "
+              f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+        results.append(r)
+    if results:
+        info["tensorflow"] = results[0]["tensorflow"]
+        info["keras"] = results[0]["keras"]
+    print()
+    print(f"TensorFlow {info.get('tensorflow')}, Keras {info.get('keras')}, fp32, random weights, "
+          f"LR patches 64x64 -> 128x128")
+    print(table(results))
+    if args.out:
+        from training.io import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps({"machine": info, "results": results}, indent=2) + "\n")
+        print(f"\nwritten: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

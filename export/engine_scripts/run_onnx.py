@@ -1,0 +1,74 @@
+"""Run a bundle's ONNX file in an old ONNX Runtime, feeding by position as JDLL does.
+
+Runs inside the engine environment (Python 3.10, onnxruntime 1.13.1): plain Python 3.7-compatible
+code that imports nothing from the w2sr project. Same job/result files as run_savedmodel.py:
+
+job:    {"onnx", "input_npy" (already preprocessed, float32 (B,H,W,1)), "out_dir"}
+result: {"runtime": "onnxruntime", "version", "python", "loaders": {"ort_session": {...}}}
+"""
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+
+import numpy as np
+
+
+def _short_error(exc):
+    lines = [ln for ln in "{}: {}".format(type(exc).__name__, exc).splitlines() if ln.strip()]
+    return " | ".join(lines[:6])[:1500]
+
+
+def main(job_path, result_path):
+    with open(job_path) as fh:
+        job = json.load(fh)
+    t_import = time.time()
+    import onnxruntime as ort  # noqa: E402
+    result = {
+        "runtime": "onnxruntime",
+        "version": ort.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "import_s": time.time() - t_import,
+        "loaders": {},
+    }
+    x = np.load(job["input_npy"]).astype(np.float32)
+    entry = {"loaded": False, "ran": False}
+    t0 = time.time()
+    try:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        sess = ort.InferenceSession(job["onnx"], sess_options=opts, providers=["CPUExecutionProvider"])
+        entry["load_s"] = time.time() - t0
+        entry["loaded"] = True
+        inputs, outputs = sess.get_inputs(), sess.get_outputs()
+        entry["tensors"] = {"input": inputs[0].name, "output": outputs[0].name,
+                            "input_shape": [str(d) for d in inputs[0].shape]}
+        t0 = time.time()
+        # by position: the first graph input gets the (only) rdf input, the first output is read
+        y = sess.run([outputs[0].name], {inputs[0].name: x})[0]
+        entry["run_s"] = time.time() - t0
+        entry["ran"] = True
+        out = os.path.join(job["out_dir"], "ort_session.npy")
+        np.save(out, np.asarray(y, dtype=np.float32))
+        entry["output_npy"] = out
+        entry["shape"] = list(y.shape)
+    except Exception as exc:  # noqa: BLE001 - the failure is what we report
+        entry["error"] = ("run failed: " if entry["loaded"] else "load failed: ") + _short_error(exc)
+        entry.setdefault("load_s", time.time() - t0)
+    result["loaders"]["ort_session"] = entry
+    print("[engine] onnxruntime {}: loaded={} ran={} {}".format(
+        ort.__version__, entry["loaded"], entry["ran"], entry.get("error", "")))
+    with open(result_path, "w") as fh:
+        json.dump(result, fh)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1], sys.argv[2]))
+    except Exception:  # noqa: BLE001
+        traceback.print_exc()
+        sys.exit(3)

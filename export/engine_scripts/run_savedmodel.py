@@ -1,0 +1,161 @@
+"""Run a bundle's zipped SavedModel in an old TensorFlow, the way DeepImageJ's engines load it.
+
+Runs inside an engine environment (Python 3.7 / 3.9 / 3.10 with TensorFlow 1.15 / 2.7 / 2.10), so
+it is plain Python 3.7 and imports nothing from the w2sr project. The host process
+(``export.engines``) hands it a job file (JSON) and reads back a result file (JSON):
+
+job:    {"savedmodel_zip", "input_npy" (already preprocessed, float32 (B,H,W,1)), "out_dir",
+         "input_key", "output_key", "tf2_loader": bool}
+result: {"runtime": "tensorflow", "version", "python", "unzipped": [names at the zip root],
+         "loaders": {"v1_session": {...}, "tf2_load": {...}}}
+each loader entry: {"loaded": bool, "ran": bool, "output_npy", "shape", "load_s", "run_s", "error"}
+
+Loader "v1_session" is what JDLL's TF1 and TF2 Java engines do (SavedModelBundle.load): a
+session, tag "serve", signature "serving_default", tensors looked up by the signature keys.
+Loader "tf2_load" is TensorFlow 2's tf.saved_model.load + signatures["serving_default"]; it is
+reported for information (DeepImageJ does not use it).
+"""
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+import zipfile
+
+import numpy as np
+
+
+def _short_error(exc):
+    text = "{}: {}".format(type(exc).__name__, exc)
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    # TensorFlow errors can be hundreds of lines (whole NodeDefs); keep the start that names the problem
+    text = " | ".join(lines[:6])
+    return text[:1500]
+
+
+def unzip_like_deepimagej(zip_path, dest):
+    """DeepImageJ unpacks the weights zip into the model folder and loads that folder as the
+    SavedModel, so saved_model.pb and variables/ must sit at the zip root."""
+    with zipfile.ZipFile(zip_path) as zf:
+        zf.extractall(dest)
+        names = sorted(set(n.split("/")[0] for n in zf.namelist()))
+    return names
+
+
+def run_v1_session(tf, model_dir, x, input_key, output_key):
+    v1 = tf.compat.v1
+    entry = {"loaded": False, "ran": False}
+    graph = v1.Graph()
+    t0 = time.time()
+    try:
+        with graph.as_default():
+            sess = v1.Session(graph=graph)
+            meta = v1.saved_model.loader.load(sess, ["serve"], model_dir)
+    except Exception as exc:  # noqa: BLE001 - any load failure is the finding we report
+        entry["error"] = "load failed: " + _short_error(exc)
+        entry["load_s"] = time.time() - t0
+        return entry, None
+    entry["load_s"] = time.time() - t0
+    entry["loaded"] = True
+    try:
+        if "serving_default" not in meta.signature_def:
+            raise KeyError("no signature 'serving_default'; the SavedModel has {}".format(
+                sorted(meta.signature_def.keys())))
+        sig = meta.signature_def["serving_default"]
+        for kind, keys, key in (("input", sig.inputs, input_key), ("output", sig.outputs, output_key)):
+            if key not in keys:
+                raise KeyError("signature 'serving_default' has no {} '{}' (it has {}); DeepImageJ matches "
+                               "tensors by the rdf id".format(kind, key, sorted(keys.keys())))
+        in_name = sig.inputs[input_key].name
+        out_name = sig.outputs[output_key].name
+        entry["tensors"] = {"input": in_name, "output": out_name}
+        t0 = time.time()
+        y = sess.run(out_name, feed_dict={in_name: x})
+        entry["run_s"] = time.time() - t0
+        entry["ran"] = True
+        return entry, np.asarray(y, dtype=np.float32)
+    except Exception as exc:  # noqa: BLE001
+        entry["error"] = "run failed: " + _short_error(exc)
+        return entry, None
+    finally:
+        sess.close()
+
+
+def run_tf2_load(tf, model_dir, x, input_key, output_key):
+    entry = {"loaded": False, "ran": False}
+    t0 = time.time()
+    try:
+        obj = tf.saved_model.load(model_dir)
+        fn = obj.signatures["serving_default"]
+    except Exception as exc:  # noqa: BLE001
+        entry["error"] = "load failed: " + _short_error(exc)
+        entry["load_s"] = time.time() - t0
+        return entry, None
+    entry["load_s"] = time.time() - t0
+    entry["loaded"] = True
+    try:
+        t0 = time.time()
+        result = fn(**{input_key: tf.constant(x)})
+        if output_key not in result:
+            raise KeyError("signature 'serving_default' returned {} without '{}'".format(
+                sorted(result.keys()), output_key))
+        y = result[output_key].numpy()
+        entry["run_s"] = time.time() - t0
+        entry["ran"] = True
+        return entry, np.asarray(y, dtype=np.float32)
+    except Exception as exc:  # noqa: BLE001
+        entry["error"] = "run failed: " + _short_error(exc)
+        return entry, None
+
+
+def main(job_path, result_path):
+    with open(job_path) as fh:
+        job = json.load(fh)
+    t_import = time.time()
+    import tensorflow as tf  # noqa: E402 - timed on purpose
+    result = {
+        "runtime": "tensorflow",
+        "version": tf.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "import_s": time.time() - t_import,
+        "loaders": {},
+    }
+    x = np.load(job["input_npy"]).astype(np.float32)
+    workdir = tempfile.mkdtemp(prefix="w2sr-engine-")
+    try:
+        model_dir = os.path.join(workdir, "model")
+        os.makedirs(model_dir)
+        result["unzipped"] = unzip_like_deepimagej(job["savedmodel_zip"], model_dir)
+        loaders = [("v1_session", run_v1_session)]
+        if job.get("tf2_loader") and int(tf.__version__.split(".")[0]) >= 2:
+            loaders.append(("tf2_load", run_tf2_load))
+        for name, fn in loaders:
+            try:
+                entry, y = fn(tf, model_dir, x, job["input_key"], job["output_key"])
+            except Exception as exc:  # noqa: BLE001 - never lose the other loader's result
+                entry, y = {"loaded": False, "ran": False, "error": _short_error(exc)}, None
+            if y is not None:
+                out = os.path.join(job["out_dir"], name + ".npy")
+                np.save(out, y)
+                entry["output_npy"] = out
+                entry["shape"] = list(y.shape)
+            result["loaders"][name] = entry
+            print("[engine] {} {}: loaded={} ran={} {}".format(
+                "tensorflow", tf.__version__, entry["loaded"], entry["ran"], entry.get("error", "")))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    with open(result_path, "w") as fh:
+        json.dump(result, fh)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1], sys.argv[2]))
+    except Exception:  # noqa: BLE001
+        traceback.print_exc()
+        sys.exit(3)

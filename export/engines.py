@@ -1,0 +1,584 @@
+"""Run a bundle in the old runtimes DeepImageJ embeds: TF 1.15, TF 2.7, TF 2.10.1, ONNX Runtime 1.13.1.
+
+DeepImageJ (through JDLL) runs a SavedModel in TensorFlow 1.15 or 2.7/2.10 and an ONNX file in ONNX
+Runtime <= 1.13.1, whatever TensorFlow wrote the bundle. The Java engines are not installable here,
+but their C++ cores are, as the Python wheels of the same versions. So each engine gets its own
+virtual environment built from a pyenv interpreter of the Python those wheels exist for, cached
+outside the repository (``~/.cache/w2sr/engines`` or ``$W2SR_ENGINE_CACHE``), and a small script
+from ``export/engine_scripts/`` loads the bundle there the way JDLL does:
+
+* TensorFlow: the weights zip is unpacked as DeepImageJ unpacks it (its root becomes the model
+  folder), then loaded with the TF1-style loader both of JDLL's TF engines use (a session,
+  tag ``serve``, signature ``serving_default``, tensors looked up by the rdf tensor names). On 2.x
+  the TF2 loader (``tf.saved_model.load``) is tried too and reported for information.
+* ONNX Runtime: a CPU session, fed by position.
+
+The rdf's preprocessing is applied to ``test_input.npy`` here with ``export.processing`` (the one
+definition of the bundle's normalisation; DeepImageJ applies it in Java, outside the engine),
+the engine's raw output is postprocessed the same way and compared with ``test_output.npy`` within
+the model zoo's tolerance ``|a - b| <= 1.5e-4 + 1e-4 |b|``.
+
+``check_engines(bundle)`` returns one :class:`EngineResult` per engine and loader;
+``format_table`` prints them. ``w2sr check-engines`` (``export.cli_engines``) wraps both.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: the zoo's per-pixel tolerance for reproducing test outputs
+ATOL = 1.5e-4
+RTOL = 1e-4
+
+SCRIPTS_DIR = Path(__file__).parent / "engine_scripts"
+MARKER = ".w2sr-engine.json"
+#: bump when the way an environment is built changes (forces a rebuild of cached environments)
+BUILD_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One runtime DeepImageJ can embed, and the Python environment that reproduces it."""
+
+    key: str                  # short name used on the command line, e.g. "tf2.7"
+    runtime: str              # "tensorflow" | "onnxruntime"
+    version: str              # the runtime version DeepImageJ/JDLL ships
+    python: str               # interpreter major.minor the wheels exist for
+    packages: tuple[str, ...]  # pip requirement strings, pinned
+    module: str               # module whose __version__ must equal ``version`` after install
+    why: str = ""             # where DeepImageJ uses it
+
+    @property
+    def label(self) -> str:
+        name = "TensorFlow" if self.runtime == "tensorflow" else "ONNX Runtime"
+        return f"{name} {self.version}"
+
+    @property
+    def script(self) -> Path:
+        return SCRIPTS_DIR / ("run_savedmodel.py" if self.runtime == "tensorflow" else "run_onnx.py")
+
+    def build_hash(self, interpreter_version: str) -> str:
+        doc = {"format": BUILD_FORMAT, "python": interpreter_version, "packages": list(self.packages)}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+#: The engines a DeepImageJ installation can run a bundle in (docs/deepimagej.md). numpy and protobuf
+#: must be as old as the runtime (newer ones break its import): pinned to what pip resolved from the
+#: documented ranges (TF 1.15: protobuf<3.21 numpy<1.19; 2.7: protobuf<3.20 numpy<1.22 keras<2.8
+#: tensorflow-estimator<2.8; 2.10.1: protobuf<3.20 numpy<1.24) when these were first checked.
+#: Changing a list rebuilds that environment on its next use.
+ENGINES: dict[str, Engine] = {
+    e.key: e
+    for e in (
+        Engine(
+            "tf1.15", "tensorflow", "1.15.0", "3.7",
+            ("tensorflow-cpu==1.15.0", "protobuf==3.20.3", "numpy==1.18.5"),
+            "tensorflow",
+            "DeepImageJ 2.1 and JDLL's TF1 engine (the default TF1 install)",
+        ),
+        Engine(
+            "tf2.7", "tensorflow", "2.7.0", "3.9",
+            ("tensorflow-cpu==2.7.0", "protobuf==3.19.6", "numpy==1.21.6", "keras==2.7.0",
+             "tensorflow-estimator==2.7.0"),
+            "tensorflow",
+            "JDLL's default TF2 engine (what a fresh Fiji installs)",
+        ),
+        Engine(
+            "tf2.10", "tensorflow", "2.10.1", "3.10",
+            ("tensorflow-cpu==2.10.1", "protobuf==3.19.6", "numpy==1.23.5"),
+            "tensorflow",
+            "JDLL's newest TF2 engine",
+        ),
+        Engine(
+            "ort1.13", "onnxruntime", "1.13.1", "3.10",
+            ("onnxruntime==1.13.1", "numpy==1.23.5", "protobuf==3.20.3"),
+            "onnxruntime",
+            "JDLL's newest ONNX engine (opset <= 17 by default)",
+        ),
+    )
+}
+
+
+class EngineUnavailable(Exception):
+    """The engine's environment cannot be had on this machine (no interpreter, pip failed).
+
+    ``reason`` is one line meant for people; callers report the engine as skipped with it.
+    """
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------------------------
+# interpreters and environments
+# --------------------------------------------------------------------------------------------
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("W2SR_ENGINE_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "w2sr" / "engines"
+
+
+def _pyenv_root() -> Optional[Path]:
+    exe = shutil.which("pyenv")
+    if exe:
+        try:
+            out = subprocess.run([exe, "root"], capture_output=True, text=True, timeout=30)
+            if out.returncode == 0 and out.stdout.strip():
+                return Path(out.stdout.strip())
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    env = os.environ.get("PYENV_ROOT")
+    if env:
+        return Path(env)
+    home = Path.home() / ".pyenv"
+    return home if home.is_dir() else None
+
+
+def _interpreter_version(exe: Path) -> Optional[str]:
+    """Full version ("3.7.16") of a working interpreter, None if it does not run."""
+    try:
+        out = subprocess.run(
+            [str(exe), "-c", "import platform; print(platform.python_version())"],
+            capture_output=True, text=True, timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _version_key(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", text))
+
+
+def find_interpreter(python: str) -> tuple[Path, str]:
+    """Find a Python ``major.minor`` interpreter: pyenv's versions first, then ``pythonX.Y`` on PATH.
+
+    Returns (executable, full version). Raises EngineUnavailable with the places looked at.
+    """
+    looked: list[str] = []
+    candidates: list[Path] = []
+    root = _pyenv_root()
+    if root is not None:
+        versions = root / "versions"
+        looked.append(str(versions))
+        pattern = re.compile(rf"^{re.escape(python)}\.\d+$")
+        if versions.is_dir():
+            found = sorted((d for d in versions.iterdir() if pattern.match(d.name)),
+                           key=lambda d: _version_key(d.name), reverse=True)
+            candidates += [d / "bin" / f"python{python}" for d in found]
+    on_path = shutil.which(f"python{python}")
+    looked.append(f"python{python} on PATH")
+    if on_path:
+        candidates.append(Path(on_path))
+    for exe in candidates:
+        if not exe.exists():
+            continue
+        version = _interpreter_version(exe)
+        if version and version.startswith(python + "."):
+            return exe, version
+    raise EngineUnavailable(
+        f"no python{python} interpreter (pyenv) on this machine (looked in {', '.join(looked)}); "
+        f"install one with 'pyenv install {python}'"
+    )
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """Exclusive lock so two processes never build the same environment at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _read_marker(env_dir: Path) -> Optional[dict]:
+    try:
+        return json.loads((env_dir / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _clean_env() -> dict[str, str]:
+    """The environment for child processes: nothing of the project's own venv leaks in."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP")}
+    env["PYTHONNOUSERSITE"] = "1"
+    env["PIP_NO_INPUT"] = "1"
+    env["CUDA_VISIBLE_DEVICES"] = ""      # CPU wheels anyway; keeps GPU probing quiet
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    return env
+
+
+def _tail(text: str, n: int = 5) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return " | ".join(lines[-n:])
+
+
+def ensure_engine_env(engine: Union[str, Engine], cache_dir: Optional[Path] = None,
+                      rebuild: bool = False) -> Path:
+    """Return the folder of a ready virtual environment for ``engine``, building it if needed.
+
+    The environment lives in ``cache_dir/<key>`` and carries a marker with the hash of the
+    interpreter version and package list; a missing or different marker means (re)build. A build
+    happens in ``cache_dir/.<key>.building-<pid>`` and is renamed into place only once pip has
+    finished and the runtime imports with the expected version, so a half-built environment is
+    never used. Raises EngineUnavailable (no interpreter, pip failed) with a one-line reason.
+    """
+    engine = ENGINES[engine] if isinstance(engine, str) else engine
+    cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    exe, full_version = find_interpreter(engine.python)
+    want = engine.build_hash(full_version)
+    env_dir = cache_dir / engine.key
+    with _lock(cache_dir / f".{engine.key}.lock"):
+        marker = _read_marker(env_dir)
+        if not rebuild and marker and marker.get("hash") == want and (env_dir / "bin" / "python").exists():
+            log.debug("engine %s: reusing %s", engine.key, env_dir)
+            return env_dir
+        why = "rebuild requested" if rebuild else ("package list changed" if marker else "not built yet")
+        log.info("engine %s: building environment (%s) with Python %s: pip install %s",
+                 engine.key, why, full_version, " ".join(engine.packages))
+        t0 = time.time()
+        # we hold the lock, so any staging folder of this engine is a leftover of a killed build
+        for stale in cache_dir.glob(f".{engine.key}.building-*"):
+            log.info("engine %s: removing %s, left by an interrupted build", engine.key, stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = cache_dir / f".{engine.key}.building-{os.getpid()}"
+        build_log = cache_dir / f"{engine.key}.build.log"
+        try:
+            freeze, runtime_version = _build(engine, exe, staging, build_log)
+            marker = {
+                "hash": want, "engine": engine.key, "python": full_version, "interpreter": str(exe),
+                "packages": list(engine.packages), "runtime_version": runtime_version,
+                "freeze": freeze, "built": time.strftime("%Y-%m-%d %H:%M:%S"), "built_ns": time.time_ns(),
+                "build_seconds": round(time.time() - t0, 1),
+            }
+            (staging / MARKER).write_text(json.dumps(marker, indent=2))
+            from training.io import atomic_replace_dir
+
+            atomic_replace_dir(staging, env_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        log.info("engine %s: environment ready in %.0f s (%s)", engine.key, time.time() - t0, env_dir)
+        return env_dir
+
+
+def _build(engine: Engine, exe: Path, staging: Path, build_log: Path) -> tuple[list[str], str]:
+    env = _clean_env()
+    with open(build_log, "w") as logf:
+        def run(cmd: list[str], what: str, timeout: int) -> str:
+            logf.write(f"$ {' '.join(cmd)}\n")
+            logf.flush()
+            try:
+                out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                raise EngineUnavailable(f"{engine.key}: {what} took over {timeout} s (log: {build_log})") from None
+            logf.write(out.stdout + out.stderr)
+            logf.flush()
+            if out.returncode != 0:
+                raise EngineUnavailable(
+                    f"{engine.key}: {what} failed (exit {out.returncode}): {_tail(out.stderr or out.stdout)} "
+                    f"(log: {build_log})"
+                )
+            return out.stdout
+
+        run([str(exe), "-m", "venv", str(staging)], f"creating a venv with {exe}", 300)
+        py = str(staging / "bin" / "python")
+        run([py, "-m", "pip", "install", "--no-input", "--progress-bar", "off", *engine.packages],
+            "pip install " + " ".join(engine.packages), 1800)
+        probe = f"import {engine.module} as m; print(m.__version__)"
+        version = run([py, "-c", probe], f"importing {engine.module}", 300).strip().splitlines()[-1]
+        if version != engine.version:
+            raise EngineUnavailable(f"{engine.key}: pip installed {engine.module} {version}, expected "
+                                    f"{engine.version} (log: {build_log})")
+        freeze = run([py, "-m", "pip", "freeze", "--all"], "pip freeze", 120).split()
+    return freeze, version
+
+
+# --------------------------------------------------------------------------------------------
+# running a bundle
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class EngineResult:
+    """One engine x loader: did the bundle load, and does it reproduce test_output.npy?"""
+
+    engine: str                      # key, e.g. "tf2.7"
+    label: str                       # "TensorFlow 2.7.0"
+    loader: str                      # "v1_session" | "tf2_load" | "ort_session" | "-"
+    status: str                      # "passed" | "failed" | "skipped"
+    required: bool = True            # False: reported for information, not what DeepImageJ runs
+    runtime_version: Optional[str] = None  # as reported by the runtime itself
+    python: Optional[str] = None
+    loaded: Optional[bool] = None
+    max_abs_diff: Optional[float] = None
+    within_tolerance: Optional[bool] = None
+    seconds: Optional[float] = None  # wall time of the engine process (import + load + run)
+    load_seconds: Optional[float] = None
+    run_seconds: Optional[float] = None
+    env_seconds: Optional[float] = None  # time spent getting the environment (0 when cached)
+    reason: str = ""                 # why skipped / failed, or notes
+
+    @property
+    def ok(self) -> bool:
+        """False only for a required row that ran and failed."""
+        return not (self.required and self.status == "failed")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Bundle:
+    root: Path
+    info: object
+    input_key: str
+    output_key: str
+    tensorflow_version: Optional[str]
+    rdf_doc: dict = field(default_factory=dict)
+
+
+def within_tolerance(actual: np.ndarray, expected: np.ndarray) -> tuple[float, bool, int]:
+    """Zoo check: every pixel within ``1.5e-4 + 1e-4 * |expected|``. Returns (max |diff|, ok, n bad)."""
+    a = np.asarray(actual, np.float64)
+    b = np.asarray(expected, np.float64)
+    diff = np.abs(a - b)
+    bad = ~(diff <= ATOL + RTOL * np.abs(b))  # NaN counts as bad
+    max_diff = float(np.nanmax(diff)) if np.isfinite(diff).any() else float("nan")
+    if not np.isfinite(diff).all():
+        max_diff = float("inf")
+    return max_diff, not bool(bad.any()), int(bad.sum())
+
+
+@contextlib.contextmanager
+def _open_bundle(path: Path) -> Iterator[Path]:
+    """A bundle folder, its rdf.yaml, or a zipped bundle (as DeepImageJ's installer gets it)."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".zip":
+        with tempfile.TemporaryDirectory(prefix="w2sr-bundle-") as tmp:
+            with zipfile.ZipFile(path) as zf:
+                zf.extractall(tmp)
+            rdfs = sorted(Path(tmp).glob("rdf.yaml")) or sorted(Path(tmp).glob("*/rdf.yaml"))
+            if not rdfs:
+                from w2sr.errors import UserError
+
+                raise UserError(f"{path}: zip has no rdf.yaml at its root or one folder down")
+            yield rdfs[0].parent
+    else:
+        yield path
+
+
+def _read(path: Path) -> _Bundle:
+    import yaml
+
+    from export.bundle_info import read_bundle
+
+    info = read_bundle(path)
+    rdf = info.root / "rdf.yaml"
+    doc = yaml.safe_load(rdf.read_text())
+    inp, out = doc["inputs"][0], doc["outputs"][0]
+    tfw = (doc.get("weights") or {}).get("tensorflow_saved_model_bundle") or {}
+    return _Bundle(
+        root=info.root, info=info,
+        # format 0.4 names tensors with "name" (0.5 uses "id"); JDLL strips a ":0" suffix
+        input_key=str(inp.get("name", inp.get("id", "input"))).split(":")[0],
+        output_key=str(out.get("name", out.get("id", "output"))).split(":")[0],
+        tensorflow_version=str(tfw["tensorflow_version"]) if tfw.get("tensorflow_version") else None,
+        rdf_doc=doc,
+    )
+
+
+def _resolve(engines: Optional[Iterable[Union[str, Engine]]]) -> list[Engine]:
+    if engines is None:
+        return list(ENGINES.values())
+    out = []
+    for e in engines:
+        if isinstance(e, Engine):
+            out.append(e)
+        elif e in ENGINES:
+            out.append(ENGINES[e])
+        else:
+            from w2sr.errors import UserError
+
+            raise UserError(f"unknown engine '{e}'; choose from {', '.join(ENGINES)}")
+    return out
+
+
+def check_engines(bundle_path: Union[str, Path], engines: Optional[Sequence[Union[str, Engine]]] = None,
+                  cache_dir: Optional[Path] = None, rebuild: bool = False,
+                  timeout: int = 600) -> list[EngineResult]:
+    """Load the bundle in each engine and compare with its test output. One row per engine x loader.
+
+    ``engines``: keys of :data:`ENGINES` (or Engine objects); default all four. An engine whose
+    environment cannot be had is one "skipped" row with the reason. Nothing is raised for a model
+    that fails to load or to match: that is a "failed" row.
+    """
+    selected = _resolve(engines)
+    results: list[EngineResult] = []
+    with _open_bundle(Path(bundle_path)) as root:
+        bundle = _read(root)
+        from export.processing import postprocess, preprocess
+
+        info = bundle.info
+        raw = np.load(info.test_input)
+        expected = np.load(info.test_output).astype(np.float32)
+        x = preprocess(raw, info.input_mean, info.input_std)
+        log.info("bundle %s: test input %s -> expected output %s; input '%s', output '%s'",
+                 info.root, tuple(raw.shape), tuple(expected.shape), bundle.input_key, bundle.output_key)
+        with tempfile.TemporaryDirectory(prefix="w2sr-engines-") as tmp:
+            x_path = Path(tmp) / "network_input.npy"
+            np.save(x_path, x)
+            for engine in selected:
+                rows = _check_one(engine, bundle, x_path, expected, Path(tmp), cache_dir, rebuild, timeout,
+                                  lambda y: postprocess(y, info.target_mean, info.target_std))
+                for r in rows:
+                    log.info("%-8s %-12s %s%s", r.engine, r.loader, r.status.upper(),
+                             f" - {r.reason}" if r.reason else "")
+                results += rows
+    return results
+
+
+def _check_one(engine: Engine, bundle: _Bundle, x_path: Path, expected: np.ndarray, tmp: Path,
+               cache_dir: Optional[Path], rebuild: bool, timeout: int, post) -> list[EngineResult]:
+    base = dict(engine=engine.key, label=engine.label)
+    info = bundle.info
+    weights = info.savedmodel_zip if engine.runtime == "tensorflow" else info.onnx_path
+    fmt = "tensorflow_saved_model_bundle" if engine.runtime == "tensorflow" else "onnx"
+    if weights is None:
+        return [EngineResult(**base, loader="-", status="skipped",
+                             reason=f"the rdf declares no {fmt} weights")]
+    if not Path(weights).exists():
+        return [EngineResult(**base, loader="-", status="failed",
+                             reason=f"the rdf names {weights.name} but the file is missing")]
+    t0 = time.time()
+    try:
+        env_dir = ensure_engine_env(engine, cache_dir=cache_dir, rebuild=rebuild)
+    except EngineUnavailable as exc:
+        return [EngineResult(**base, loader="-", status="skipped", reason=exc.reason,
+                             env_seconds=round(time.time() - t0, 1))]
+    env_s = round(time.time() - t0, 1)
+
+    work = tmp / engine.key
+    work.mkdir()
+    job = {"input_npy": str(x_path), "out_dir": str(work), "input_key": bundle.input_key,
+           "output_key": bundle.output_key, "tf2_loader": True}
+    job["savedmodel_zip" if engine.runtime == "tensorflow" else "onnx"] = str(Path(weights).resolve())
+    job_path, result_path = work / "job.json", work / "result.json"
+    job_path.write_text(json.dumps(job))
+    cmd = [str(env_dir / "bin" / "python"), str(engine.script), str(job_path), str(result_path)]
+    log.info("engine %s: running %s in %s", engine.key, engine.script.name, env_dir)
+    t0 = time.time()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=_clean_env(), timeout=timeout,
+                              cwd=str(work))
+        stderr = proc.stderr
+        rc = proc.returncode
+    except subprocess.TimeoutExpired:
+        return [EngineResult(**base, loader="-", status="failed", env_seconds=env_s,
+                             seconds=round(time.time() - t0, 1),
+                             reason=f"engine process ran over {timeout} s")]
+    seconds = round(time.time() - t0, 2)
+    (work / "engine.log").write_text(proc.stdout + stderr)
+    log.debug("engine %s output:\n%s", engine.key, proc.stdout + stderr)
+    if rc != 0 or not result_path.exists():
+        return [EngineResult(**base, loader="-", status="failed", env_seconds=env_s, seconds=seconds,
+                             reason=f"engine process exited {rc}: {_tail(stderr, 4)}")]
+    res = json.loads(result_path.read_text())
+    notes = []
+    if engine.runtime == "tensorflow":
+        declared = bundle.tensorflow_version
+        if declared and declared.split(".")[0] != engine.version.split(".")[0]:
+            notes.append(f"rdf declares tensorflow_version {declared} (DeepImageJ runs it in a "
+                         f"TF{declared.split('.')[0]} engine)")
+        if "saved_model.pb" not in res.get("unzipped", []):
+            notes.append(f"zip root holds {res.get('unzipped')}, no saved_model.pb")
+    rows = []
+    for loader, entry in res["loaders"].items():
+        row = EngineResult(
+            **base, loader=loader, status="failed", required=(loader != "tf2_load"),
+            runtime_version=res.get("version"), python=res.get("python"), loaded=entry.get("loaded"),
+            seconds=seconds, load_seconds=_r(entry.get("load_s")), run_seconds=_r(entry.get("run_s")),
+            env_seconds=env_s,
+        )
+        reasons = list(notes)
+        if entry.get("ran"):
+            y = post(np.load(entry["output_npy"]))
+            if y.shape != expected.shape:
+                reasons.append(f"output shape {y.shape} != test_output {expected.shape}")
+                row.within_tolerance = False
+            else:
+                row.max_abs_diff, row.within_tolerance, n_bad = within_tolerance(y, expected)
+                if row.within_tolerance:
+                    row.status = "passed"
+                else:
+                    reasons.append(f"{n_bad} of {expected.size} pixels outside 1.5e-4 + 1e-4|expected|")
+        else:
+            reasons.append(entry.get("error", "did not run"))
+        if res.get("version") != engine.version:
+            reasons.append(f"environment runs {res.get('version')}, expected {engine.version}")
+            row.status = "failed"
+        if not row.required:
+            reasons.append("informational: DeepImageJ does not use this loader")
+        row.reason = "; ".join(reasons)
+        rows.append(row)
+    return rows
+
+
+def _r(v: Optional[float]) -> Optional[float]:
+    return None if v is None else round(float(v), 3)
+
+
+def _clip(text: str, n: int = 400) -> str:
+    """TensorFlow's load errors run to paragraphs; the table keeps their start (to_dict keeps all)."""
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def format_table(results: Sequence[EngineResult]) -> str:
+    """A fixed-width table of the rows, then one line per reason."""
+    head = ("engine", "loader", "runtime", "python", "loaded", "max|diff|", "in tol", "seconds", "status")
+    rows = []
+    for r in results:
+        rows.append((
+            r.engine, r.loader, r.runtime_version or r.label.split()[-1], r.python or "-",
+            "-" if r.loaded is None else ("yes" if r.loaded else "NO"),
+            "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}",
+            "-" if r.within_tolerance is None else ("yes" if r.within_tolerance else "NO"),
+            "-" if r.seconds is None else f"{r.seconds:.1f}",
+            r.status.upper() + ("" if r.required else " (info)"),
+        ))
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*row) for row in rows]
+    notes = [f"  {r.engine}/{r.loader}: {_clip(r.reason)}" for r in results if r.reason]
+    if notes:
+        lines += ["", "notes:"] + notes
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m export.engines BUNDLE  (same as w2sr check-engines)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    out = check_engines(sys.argv[1])
+    print(format_table(out))
+    sys.exit(0 if all(r.ok for r in out) else 1)

@@ -1,0 +1,425 @@
+// deepimagej_batch_folder.ijm - denoise + 2x super-resolve every image of a folder with DeepImageJ.
+//
+// For the w2sr bundle (rdf.yaml format 0.4.10) installed in Fiji with DeepImageJ 3.1 or newer.
+// Each image (8-, 16- or 32-bit; 2D, stack or hyperstack) is processed plane by plane and saved as
+// OUTPUT/<name>_sr.tif: 32-bit, twice the width and height, pixel size halved, same stack layout.
+//
+// HEADLESS (Fiji):
+//   ImageJ-linux64 --headless --console -macro deepimagej_batch_folder.ijm \
+//       "model=[/path/to/Fiji.app/models/w2sr_bundle] input=[/data/widefield] output=[/data/sr]"
+// Keys (key=value, separated by spaces; put values with spaces in [brackets]):
+//   model      model folder (the unzipped bundle, with rdf.yaml): absolute path, or the name of a
+//              folder inside Fiji.app/models
+//   input      folder with the images (not searched recursively)
+//   output     folder for the results; created if missing; must not be the input folder
+//   overwrite  true to replace existing <name>_sr.tif files (default false: they are skipped)
+// GUI: Plugins > Macros > Run... (or drag onto Fiji and Run) without arguments opens a dialog.
+//
+// What counts as what:
+//   done     <name>_sr.tif written
+//   skipped  not an image file (by extension), hidden file or folder, or output exists (no overwrite)
+//   failed   an image file that cannot be opened or predicted: logged with the reason, the batch goes on
+// Fatal problems (no model, model folder without rdf.yaml, input folder missing or without images,
+// output folder = input folder, DeepImageJ not installed) stop the macro with exit("...") before
+// anything is written. When any file failed, the macro ends with exit("...") listing them, so a
+// headless caller sees the failure. Inputs are never written to.
+//
+// HOW THE MODEL IS CALLED (DeepImageJ 3.1 macro syntax, snake_case keys, since July 2025):
+//   run("DeepImageJ Run", "model_path=[MODEL] input_path=[TMP/in] output_folder=[TMP/out] display_output=null");
+// Every plane of the image is converted to 32-bit (DeepImageJ 3 would otherwise normalise 8/16-bit
+// images on their integer pixel type: "black output") and saved as TMP/in/w2sr_plane_000001.tif,
+// ...; one call with input_path = that folder runs them all with the model loaded once, and
+// DeepImageJ's results TMP/out/w2sr_plane_000001_<output name>.tif (output name "output" for the
+// w2sr bundle) are read back in plane order, stacked, calibrated and saved. TMP is a fresh folder
+// in ImageJ's temp folder, deleted at the end. The file/folder form is used rather than the
+// active-image form (input_path=null) because DeepImageJ 3.1 shows that result window
+// asynchronously (SwingUtilities.invokeLater): a macro cannot rely on it existing when run()
+// returns, while the saved files are written before. DeepImageJ 3.1 reports its own errors in the
+// Log/Console and does not stop the macro: a missing output file is what the macro checks.
+// Other DeepImageJ versions (change the run(...) line in predictImage() below):
+//   3.0.x after Nov 2024 - July 2025: the same keys in camelCase:
+//     run("DeepImageJ Run", "modelPath=[MODEL] inputPath=[TMP/in] outputFolder=[TMP/out] displayOutput=null");
+//   2.1.x / 3.0.x before: runs on the ACTIVE image and opens the result as a new image:
+//     run("DeepImageJ Run", "model=[<the model's name in DeepImageJ's list>] format=Tensorflow
+//         preprocessing=[preprocessing.ijm] postprocessing=[postprocessing.ijm] axes=Y,X,C
+//         tile=256,256,1 logging=normal");
+//     (the bundle ships these two macros for 2.x; tile must be min + n*step of the rdf.) With that
+//     form, process one plane at a time: make the 32-bit plane the active image, run, and take
+//     the newly opened image as the result instead of reading files back.
+//
+// Tested here with ImageJ 1.53t and a stand-in for "DeepImageJ Run" (see fiji_macros/README.md);
+// not yet run in a real Fiji + DeepImageJ installation.
+
+requires("1.53t"); // the version it was tested with (Fiji ships a newer one)
+
+var OUTPUT_SUFFIX = "_sr.tif";
+var IMAGE_EXTENSIONS = newArray(".tif", ".tiff", ".png", ".jpg", ".jpeg", ".gif", ".bmp");
+var TMP_PLANE = "w2sr_plane_";
+var OUT_PLANE = "w2sr_result_plane_";
+
+arg = getArgument();
+if (arg == "") {
+    Dialog.create("w2sr: DeepImageJ batch super-resolution");
+    Dialog.addDirectory("Model folder (with rdf.yaml)", getDirectory("imagej") + "models" + File.separator);
+    Dialog.addDirectory("Input folder", "");
+    Dialog.addDirectory("Output folder", "");
+    Dialog.addCheckbox("Overwrite existing _sr.tif files", false);
+    Dialog.show();
+    model = Dialog.getString();
+    input = Dialog.getString();
+    output = Dialog.getString();
+    overwrite = Dialog.getCheckbox();
+} else {
+    model = argValue(arg, "model");
+    input = argValue(arg, "input");
+    output = argValue(arg, "output");
+    overwrite = isTrue(argValue(arg, "overwrite"));
+}
+
+model = resolveModel(model);
+if (input == "")
+    exit("No input folder given (input=[/path/to/images]).");
+if (!File.isDirectory(input))
+    exit("Input folder not found: " + input);
+input = withSlash(input);
+if (output == "")
+    exit("No output folder given (output=[/path/for/results]).");
+output = withSlash(output);
+checkNotSameFolder(input, output);
+checkDeepImageJInstalled();
+
+files = getFileList(input);
+Array.sort(files);
+images = newArray(0);
+nSkipped = 0;
+skippedNames = "";
+for (i = 0; i < files.length; i++) {
+    f = files[i];
+    if (endsWith(f, "/") || startsWith(f, ".")) {
+        continue; // folders and hidden files are not inputs
+    }
+    if (!isImageName(f)) {
+        print("skipped " + f + ": not an image file");
+        nSkipped++;
+        skippedNames = skippedNames + " " + f;
+    } else {
+        images = Array.concat(images, f);
+    }
+}
+if (images.length == 0)
+    exit("No image files in " + input + " (looked for " + String.join(IMAGE_EXTENSIONS, " ") + ").");
+
+if (!File.isDirectory(output))
+    File.makeDirectory(output);
+if (!File.isDirectory(output))
+    exit("Cannot create the output folder: " + output);
+
+tmp = makeTempFolder();
+setBatchMode(true);
+print("w2sr batch: " + images.length + " image(s) from " + input + " -> " + output);
+print("model: " + model);
+nDone = 0;
+nFailed = 0;
+failedNames = "";
+t0 = getTime();
+for (i = 0; i < images.length; i++) {
+    name = images[i];
+    outPath = output + File.getNameWithoutExtension(name) + OUTPUT_SUFFIX;
+    if (File.exists(outPath) && !overwrite) {
+        print("[" + (i + 1) + "/" + images.length + "] skipped " + name + ": " + outPath + " exists (overwrite=true to replace)");
+        nSkipped++;
+        skippedNames = skippedNames + " " + name;
+        continue;
+    }
+    t1 = getTime();
+    showProgress(i, images.length);
+    err = processFile(input + name, outPath, model, tmp);
+    if (err == "") {
+        nDone++;
+        print("[" + (i + 1) + "/" + images.length + "] done " + name + " -> " + outPath + " (" + d2s((getTime() - t1) / 1000, 1) + " s)");
+    } else {
+        nFailed++;
+        failedNames = failedNames + " " + name;
+        print("[" + (i + 1) + "/" + images.length + "] FAILED " + name + ": " + err);
+    }
+}
+removeTempFolder(tmp);
+setBatchMode(false);
+showProgress(1, 1);
+print("Summary: " + nDone + " done, " + nSkipped + " skipped, " + nFailed + " failed (" + d2s((getTime() - t0) / 1000, 1) + " s)");
+if (nSkipped > 0)
+    print("  skipped:" + skippedNames);
+if (nFailed > 0) {
+    print("  failed:" + failedNames);
+    exit("" + nFailed + " of " + images.length + " image(s) failed:" + failedNames + " (reasons in the Log)");
+}
+
+// ---- shared functions (keep identical in deepimagej_single_image.ijm and deepimagej_batch_folder.ijm) ----
+
+// Value of key in a "key=value key2=[value 2]" argument string ("" when absent).
+function argValue(args, key) {
+    return call("ij.Macro.getValue", args + " ", key, "");
+}
+
+function isTrue(v) {
+    v = toLowerCase(v);
+    if (v == "true" || v == "1" || v == "yes")
+        return true;
+    return false;
+}
+
+function withSlash(dir) {
+    if (!endsWith(dir, "/") && !endsWith(dir, File.separator))
+        dir = dir + File.separator;
+    return dir;
+}
+
+// The model folder: as given, or inside Fiji.app/models; stops the macro when there is none.
+function resolveModel(model) {
+    if (model == "")
+        exit("No model given (model=[/path/to/model folder with rdf.yaml]).");
+    if (endsWith(toLowerCase(model), ".zip"))
+        exit("Model " + model + " is a zip: unzip it into Fiji.app/models (or install it with DeepImageJ) and give the folder.");
+    if (!File.isDirectory(model)) {
+        inModels = getDirectory("imagej") + "models" + File.separator + model;
+        if (File.isDirectory(inModels))
+            model = inModels;
+        else
+            exit("Model not found: " + model + " (give the model folder, absolute or inside Fiji.app/models).");
+    }
+    if (endsWith(model, "/") || endsWith(model, File.separator))
+        model = substring(model, 0, lengthOf(model) - 1);
+    if (!File.exists(model + File.separator + "rdf.yaml"))
+        exit("Not a model folder (no rdf.yaml): " + model);
+    return model;
+}
+
+// Refuses an output folder that is the input folder (inputs are never overwritten).
+function checkNotSameFolder(input, output) {
+    a = File.getAbsolutePath(input);
+    b = File.getAbsolutePath(output);
+    if (endsWith(a, File.separator)) a = substring(a, 0, lengthOf(a) - 1);
+    if (endsWith(b, File.separator)) b = substring(b, 0, lengthOf(b) - 1);
+    if (a == b)
+        exit("The output folder is the input folder (" + input + "); choose another output folder.");
+    // the same folder under another name (link, "..", "./"): look for a probe file from the other side
+    if (File.isDirectory(output)) {
+        probe = ".w2sr_probe_" + d2s(getTime(), 0) + "_" + d2s(random * 1e6, 0);
+        File.saveString("probe", output + probe);
+        same = File.exists(input + probe);
+        ok = File.delete(output + probe);
+        if (same)
+            exit("The output folder is the input folder (" + output + " is " + input + "); choose another output folder.");
+    }
+}
+
+function checkDeepImageJInstalled() {
+    List.setCommands;
+    if (List.get("DeepImageJ Run") == "")
+        exit("DeepImageJ is not installed (no command \"DeepImageJ Run\"): install it from the update site 'DeepImageJ' (version 3.1 or newer).");
+    List.clear();
+}
+
+function isImageName(name) {
+    lower = toLowerCase(name);
+    for (k = 0; k < IMAGE_EXTENSIONS.length; k++)
+        if (endsWith(lower, IMAGE_EXTENSIONS[k]))
+            return true;
+    return false;
+}
+
+// "" when the first bytes look like the format the extension claims, else the reason.
+function headerProblem(path) {
+    if (File.length(path) == 0)
+        return "empty file";
+    s = File.openAsRawString(path, 8);
+    if (lengthOf(s) < 4)
+        return "file too short to be an image";
+    c0 = charCodeAt(s, 0); c1 = charCodeAt(s, 1); c2 = charCodeAt(s, 2); c3 = charCodeAt(s, 3);
+    lower = toLowerCase(path);
+    if (endsWith(lower, ".tif") || endsWith(lower, ".tiff")) {
+        if ((c0 == 73 && c1 == 73 && c2 == 42 && c3 == 0) || (c0 == 77 && c1 == 77 && c2 == 0 && c3 == 42))
+            return "";
+        if ((c0 == 73 && c1 == 73 && c2 == 43) || (c0 == 77 && c1 == 77 && c3 == 43))
+            return "BigTIFF, which ImageJ 1 cannot open (open it with Bio-Formats and save as TIFF)";
+        return "not a TIFF file (bad header)";
+    }
+    if (endsWith(lower, ".png")) {
+        if (c0 == 137 && c1 == 80 && c2 == 78 && c3 == 71) return "";
+        return "not a PNG file (bad header)";
+    }
+    if (endsWith(lower, ".jpg") || endsWith(lower, ".jpeg")) {
+        if (c0 == 255 && c1 == 216) return "";
+        return "not a JPEG file (bad header)";
+    }
+    if (endsWith(lower, ".gif")) {
+        if (c0 == 71 && c1 == 73 && c2 == 70) return "";
+        return "not a GIF file (bad header)";
+    }
+    if (endsWith(lower, ".bmp")) {
+        if (c0 == 66 && c1 == 77) return "";
+        return "not a BMP file (bad header)";
+    }
+    return "";
+}
+
+function makeTempFolder() {
+    tmp = getDirectory("temp") + "w2sr_dij_" + d2s(getTime(), 0) + "_" + d2s(random * 1e6, 0) + File.separator;
+    File.makeDirectory(tmp);
+    File.makeDirectory(tmp + "in");
+    File.makeDirectory(tmp + "out");
+    if (!File.isDirectory(tmp + "in") || !File.isDirectory(tmp + "out"))
+        exit("Cannot create a temporary folder in " + getDirectory("temp"));
+    return tmp;
+}
+
+function emptyFolder(dir) {
+    list = getFileList(dir);
+    for (k = 0; k < list.length; k++)
+        ok = File.delete(dir + list[k]);
+}
+
+function removeTempFolder(tmp) {
+    emptyFolder(tmp + "in" + File.separator);
+    emptyFolder(tmp + "out" + File.separator);
+    ok = File.delete(tmp + "in");
+    ok = File.delete(tmp + "out");
+    emptyFolder(tmp);
+    ok = File.delete(tmp);
+}
+
+// The file DeepImageJ wrote for the plane file "<prefix>.tif": "<prefix>_<output name>.tif"
+// ("" when there is none). The w2sr bundle's output is named "output".
+function deepImageJOutput(produced, prefix) {
+    result = "";
+    for (k = 0; k < produced.length; k++)
+        if (startsWith(produced[k], prefix + "_") && endsWith(produced[k], ".tif"))
+            if (result == "" || produced[k] == prefix + "_output.tif")
+                result = produced[k];
+    return result;
+}
+
+// Predicts every plane of one file into outPath; returns "" or the reason it failed.
+function processFile(path, outPath, model, tmp) {
+    problem = headerProblem(path);
+    if (problem != "")
+        return "cannot read " + path + ": " + problem;
+    mine = imageIds(); // images open before (the user's, in the GUI): left alone
+    IJ.redirectErrorMessages();
+    open(path);
+    if (nImages == mine.length)
+        return "ImageJ cannot open " + path + " (unreadable or unsupported image)";
+    src = getImageID();
+    err = predictImage(src, outPath, model, tmp);
+    closeImagesExcept(mine);
+    emptyFolder(tmp + "in" + File.separator);
+    emptyFolder(tmp + "out" + File.separator);
+    return err;
+}
+
+function imageIds() {
+    ids = newArray(nImages);
+    for (k = 1; k <= nImages; k++) {
+        selectImage(k);
+        ids[k - 1] = getImageID();
+    }
+    return ids;
+}
+
+// Closes every open image whose ID is not in keep.
+function closeImagesExcept(keep) {
+    ids = imageIds();
+    for (k = 0; k < ids.length; k++) {
+        found = false;
+        for (j = 0; j < keep.length; j++)
+            if (keep[j] == ids[k]) found = true;
+        if (!found) {
+            selectImage(ids[k]);
+            close();
+        }
+    }
+}
+
+// getVoxelSize reports "microns"/"pixels"; the calibration stores "micron"/"pixel".
+function singularUnit(unit) {
+    if (unit == "microns") return "micron";
+    if (unit == "pixels") return "pixel";
+    if (unit == "inches") return "inch";
+    return unit;
+}
+
+// Super-resolves image src plane by plane and saves the assembled result to outPath.
+// All planes go to DeepImageJ in one call (input_path = a folder of 32-bit plane files), so the
+// model is loaded once per image; the results are read back in plane order and stacked.
+function predictImage(src, outPath, model, tmp) {
+    selectImage(src);
+    if (bitDepth() == 24)
+        return "RGB colour image: the model takes one channel (convert to 8/16/32-bit grayscale first)";
+    getDimensions(width, height, channels, slices, frames);
+    getVoxelSize(pw, ph, pd, unit);
+    unit = singularUnit(unit);
+    frameInterval = Stack.getFrameInterval();
+    n = nSlices;
+    inDir = tmp + "in" + File.separator;
+    outDir = tmp + "out" + File.separator;
+    emptyFolder(inDir);
+    emptyFolder(outDir);
+    for (plane = 1; plane <= n; plane++) {
+        selectImage(src);
+        setSlice(plane);
+        run("Select None");
+        run("Duplicate...", "title=w2sr_in");
+        if (nSlices != 1)
+            return "could not take plane " + plane + " out of the stack";
+        run("32-bit"); // before DeepImageJ: its pre-processing would run on 8/16-bit integers
+        saveAs("Tiff", inDir + TMP_PLANE + IJ.pad(plane, 6) + ".tif");
+        close();
+    }
+    run("DeepImageJ Run", "model_path=[" + model + "] input_path=[" + inDir + "] output_folder=[" + outDir + "] display_output=null");
+    produced = getFileList(outDir);
+    for (plane = 1; plane <= n; plane++) {
+        result = deepImageJOutput(produced, TMP_PLANE + IJ.pad(plane, 6));
+        if (result == "") {
+            where = "";
+            if (n > 1) where = " for plane " + plane + " of " + n;
+            return "DeepImageJ Run wrote no output" + where + "; its error is in the Log / Console (DeepImageJ 3.1 or newer? does the model run on this image?)";
+        }
+        open(outDir + result);
+        if (getWidth() != 2 * width || getHeight() != 2 * height || bitDepth() != 32) {
+            got = "" + getWidth() + "x" + getHeight() + ", " + bitDepth() + "-bit";
+            return "unexpected model output " + got + " (expected " + (2 * width) + "x" + (2 * height) + ", 32-bit): is this the w2sr 2x model?";
+        }
+        rename(OUT_PLANE + IJ.pad(plane, 6));
+        out = getImageID();
+    }
+    if (n == 1) {
+        dst = out;
+    } else {
+        // the result planes, in the order they were opened, become one stack
+        run("Images to Stack", "name=w2sr_result title=" + OUT_PLANE + " use");
+        dst = getImageID();
+        if (nSlices != n)
+            return "could not assemble the " + n + " result planes into a stack";
+    }
+    selectImage(dst);
+    if (n > 1) {
+        Stack.setDimensions(channels, slices, frames);
+        if (frames > 1 && frameInterval > 0)
+            Stack.setFrameInterval(frameInterval);
+        setSlice(1);
+    }
+    setVoxelSize(pw / 2, ph / 2, pd, unit);
+    resetMinAndMax();
+    // write beside the target under a temporary name, then rename: no half-written _sr.tif
+    partial = File.getDirectory(outPath) + "." + File.getNameWithoutExtension(outPath) + ".partial.tif";
+    saveAs("Tiff", partial);
+    if (File.exists(outPath))
+        ok = File.delete(outPath);
+    if (!File.rename(partial, outPath)) {
+        ok = File.delete(partial);
+        return "cannot write " + outPath;
+    }
+    return "";
+}
+
+// ---- end of shared functions ----

@@ -1,0 +1,549 @@
+"""The Fiji macros, run for real in ImageJ 1.53t (Debian) under Xvfb, with the headless runner.
+
+"DeepImageJ Run" is the stand-in plugin (fiji_macros/runner/plugin_src/DeepImageJ_Run.java): it
+follows DeepImageJ 3.1's macro interface and file naming, and runs the bundle through the Python
+predictor. What only a real Fiji + DeepImageJ can confirm is listed in fiji_macros/README.md.
+
+The bundle is a tiny generator (nb=1, nf=8, gc=4) exported with export.bundle.export_bundle, built
+once per session (W2SR_FIJI_TEST_BUNDLE=/path/to/bundle uses an existing bundle instead).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MACROS = ROOT / "fiji_macros"
+BATCH = MACROS / "deepimagej_batch_folder.ijm"
+SINGLE = MACROS / "deepimagej_single_image.ijm"
+
+
+def _load_runner():
+    spec = importlib.util.spec_from_file_location("w2sr_imagej_runner", MACROS / "imagej_runner.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+imagej_runner = _load_runner()
+_MISSING = imagej_runner.missing_tools()
+needs_imagej = pytest.mark.skipif(bool(_MISSING), reason="cannot run ImageJ here, missing: " + "; ".join(_MISSING)
+                                  + " (scripts/install_system_deps.sh installs them)")
+imagej = [pytest.mark.imagej, needs_imagej]
+
+ZOO_ATOL, ZOO_RTOL = 1.5e-4, 1e-4
+
+
+# --------------------------------------------------------------------------------------------
+# helpers and fixtures
+# --------------------------------------------------------------------------------------------
+def run_macro(macro, argument="", **kw):
+    res = imagej_runner.run_macro(macro, argument, timeout=kw.pop("timeout", 240), **kw)
+    print(f"--- {Path(macro).name} {argument!r} -> rc {res.returncode}\n--- stdout\n{res.stdout}\n--- stderr\n{res.stderr}")
+    return res
+
+
+def args(**kv) -> str:
+    return " ".join(f"{k}=[{v}]" for k, v in kv.items())
+
+
+def tree_hashes(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_zoo_close(actual: np.ndarray, expected: np.ndarray, what: str) -> None:
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    bad = np.abs(actual - expected) > ZOO_ATOL + ZOO_RTOL * np.abs(expected)
+    assert not bad.any(), (f"{what}: {int(bad.sum())} pixels outside the zoo tolerance, max |diff| "
+                           f"{float(np.abs(actual - expected).max()):.3g}")
+
+
+def read_tif(path: Path):
+    """(array, pixel size x, unit, imagej metadata)."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        a = tif.asarray()
+        meta = tif.imagej_metadata or {}
+        tag = tif.pages[0].tags.get("XResolution")
+        num, den = tag.value if tag is not None else (1, 1)  # none written: 1 pixel per unit
+    return a, den / num, meta.get("unit"), meta
+
+
+def write_inputs(folder: Path) -> dict[str, np.ndarray]:
+    """Mixed 8/16/32-bit images, a Z stack and a non-image file; most calibrated at 0.1 micron."""
+    import tifffile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    cal = dict(imagej=True, resolution=(10.0, 10.0), metadata={"unit": "micron"})
+    images = {
+        "a8.tif": (rng.random((40, 48)) * 255).astype(np.uint8),
+        "b16.tif": (rng.random((36, 44)) * 4000).astype(np.uint16),
+        "c32_uncalibrated.tif": (rng.normal(100, 30, (32, 40))).astype(np.float32),
+        "d_stack.tif": (rng.random((3, 24, 32)) * 3000).astype(np.uint16),
+    }
+    tifffile.imwrite(folder / "a8.tif", images["a8.tif"], **cal)
+    tifffile.imwrite(folder / "b16.tif", images["b16.tif"], **cal)
+    tifffile.imwrite(folder / "c32_uncalibrated.tif", images["c32_uncalibrated.tif"])
+    tifffile.imwrite(folder / "d_stack.tif", images["d_stack.tif"], imagej=True, resolution=(10.0, 10.0),
+                     metadata={"unit": "micron", "axes": "ZYX", "spacing": 0.3})
+    (folder / "notes.txt").write_text("acquisition notes, not an image\n")
+    return images
+
+
+@pytest.fixture(scope="session")
+def fiji_bundle(tmp_path_factory) -> Path:
+    override = os.environ.get("W2SR_FIJI_TEST_BUNDLE")
+    if override:
+        return Path(override)
+    try:
+        from export.bundle import export_bundle
+    except ModuleNotFoundError as exc:
+        if exc.name == "export.bundle":
+            pytest.skip("export.bundle (the exporter) is not available")
+        raise
+    import keras
+
+    from training.config import Config, dump_config
+    from training.models import build_generator
+
+    run = tmp_path_factory.mktemp("fiji_run")
+    cfg = Config.model_validate({
+        "name": "w2sr-fiji-test",
+        "generator": {"nb": 1, "nf": 8, "gc": 4},
+        "normalization": {"input_mean": 120.0, "input_std": 40.0, "target_mean": 90.0, "target_std": 25.0},
+    })
+    keras.utils.set_random_seed(3)
+    build_generator(cfg.generator).save(run / "generator.keras")
+    dump_config(cfg, run / "config.yaml")
+    out = tmp_path_factory.mktemp("fiji_bundle") / "bundle"
+    # the exporter's own tests run bioimageio test and the timings; here only the bundle is needed
+    export_bundle(run, out, bioimageio=False, measure=False, test_size=64, halo_image_size=96, odd_sizes=())
+    assert (out / "rdf.yaml").is_file()
+    return out
+
+
+@pytest.fixture(scope="session")
+def predictor(fiji_bundle):
+    """The Python predictor on one 2D plane (float32 in, float32 out): what the macros must match."""
+    from export.predict import Model, Settings
+
+    settings = Settings(bundle=str(fiji_bundle), runtime="onnx", progress=False)
+    model = Model.load(settings)
+
+    def predict(plane: np.ndarray) -> np.ndarray:
+        return model.predict_slice(np.asarray(plane, np.float32), settings)
+    return predict
+
+
+# --------------------------------------------------------------------------------------------
+# the macro files themselves (no ImageJ needed)
+# --------------------------------------------------------------------------------------------
+def _shared_block(path: Path) -> str:
+    text = path.read_text()
+    start = text.index("// ---- shared functions")
+    end = text.index("// ---- end of shared functions ----")
+    return text[start:end]
+
+
+def test_both_macros_share_one_copy_of_the_processing_functions():
+    assert _shared_block(BATCH) == _shared_block(SINGLE), \
+        "the shared functions of the two macros differ: copy the block from one file to the other"
+
+
+@pytest.mark.parametrize("macro", [BATCH, SINGLE], ids=["batch", "single"])
+def test_macros_use_deepimagej_31_syntax_and_convert_to_32_bit(macro):
+    text = macro.read_text()
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("//"))
+    run_lines = [line for line in code.splitlines() if 'run("DeepImageJ Run"' in line]
+    assert len(run_lines) == 1, run_lines
+    for key in ("model_path=[", "input_path=[", "output_folder=[", "display_output=null"):
+        assert key in run_lines[0]
+    assert 'run("32-bit")' in code
+    assert "getArgument()" in code and "Dialog.create" in code
+    # the 2.x / camelCase forms are documented in the comments
+    assert "modelPath=" in text and "format=Tensorflow" in text
+
+
+def test_the_bundle_carries_these_macros(fiji_bundle):
+    if os.environ.get("W2SR_FIJI_TEST_BUNDLE"):
+        pytest.skip("W2SR_FIJI_TEST_BUNDLE: a bundle built elsewhere may carry other macro versions")
+    for macro in (BATCH, SINGLE):
+        copy = fiji_bundle / "fiji_macros" / macro.name
+        assert copy.is_file(), f"{copy} missing from the bundle"
+        assert copy.read_text() == macro.read_text()
+
+
+# --------------------------------------------------------------------------------------------
+# the headless runner
+# --------------------------------------------------------------------------------------------
+RUNNER_CASES = {
+    "ok": ('print("hello " + getArgument());', 0, "stdout", "hello ARG"),
+    "macro_error": ('print("x");\ny = undefinedVariable + 1;', 1, "stderr", "Undefined variable in line 2"),
+    "exit_message": ('exit("fatal: no model here");', 2, "stderr", "fatal: no model here"),
+    "unknown_command": ('run("No Such Command Anywhere");', 1, "stderr", 'Unrecognized command: "No Such Command Anywhere"'),
+    "dialog": ('Dialog.create("Asks a person"); Dialog.addString("Name:", "x"); Dialog.show();', 4, "stderr",
+               "a dialog opened during an unattended run: 'Asks a person'"),
+}
+
+
+@pytest.mark.imagej
+@needs_imagej
+@pytest.mark.parametrize("case", list(RUNNER_CASES))
+def test_runner_turns_macro_outcomes_into_exit_codes(case, tmp_path):
+    code, rc, stream, text = RUNNER_CASES[case]
+    macro = tmp_path / f"{case}.ijm"
+    macro.write_text(code + "\n")
+    res = run_macro(macro, "ARG", timeout=60)
+    assert res.returncode == rc
+    assert text in getattr(res, stream)
+
+
+# --------------------------------------------------------------------------------------------
+# the DeepImageJ Run stand-in: DeepImageJ 3.1's interface and output naming
+# --------------------------------------------------------------------------------------------
+@pytest.mark.imagej
+@needs_imagej
+def test_standin_writes_outputs_the_way_deepimagej_31_does(fiji_bundle, predictor, tmp_path):
+    import tifffile
+
+    rng = np.random.default_rng(11)
+    img32 = rng.normal(120, 40, (40, 48)).astype(np.float32)
+    img16 = (rng.random((40, 48)) * 400).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "my cell.tif", img32, imagej=True, resolution=(10.0, 10.0),
+                     metadata={"unit": "micron"})
+    tifffile.imwrite(tmp_path / "raw16.tif", img16)
+    out, active = tmp_path / "out", tmp_path / "active"
+    macro = tmp_path / "standin.ijm"
+    macro.write_text(f"""
+run("DeepImageJ Run", "model_path=[{fiji_bundle}] input_path=[{tmp_path / 'my cell.tif'}] output_folder=[{out}] display_output=null");
+run("DeepImageJ Run", "model_path=[{fiji_bundle}] input_path=[{tmp_path / 'raw16.tif'}] output_folder=[{out}] display_output=null");
+open("{tmp_path / 'raw16.tif'}");
+run("32-bit");
+rename("active_image.tif");
+run("DeepImageJ Run", "model_path=[{fiji_bundle}] input_path=null output_folder=[{active}] display_output=null");
+print("done");
+""")
+    res = run_macro(macro)
+    assert res.returncode == 0 and "done" in res.stdout
+    # title = ImagePlus.getShortTitle() (no extension; ImageJ 1.53t drops the spaces) + "_" + rdf output name
+    assert sorted(p.name for p in out.iterdir()) == ["mycell_output.tif", "raw16_output.tif"]
+    a, px, unit, _ = read_tif(out / "mycell_output.tif")
+    assert a.dtype == np.float32 and a.shape == (80, 96)
+    assert px == pytest.approx(1.0) and unit in (None, "pixel"), "DeepImageJ's output carries no calibration"
+    assert_zoo_close(a, predictor(img32), "stand-in, 32-bit file")
+    # active-image mode on the 32-bit copy
+    b, *_ = read_tif(active / "active_image_output.tif")
+    assert_zoo_close(b, predictor(img16), "stand-in, active image")
+    # a 16-bit image handed over as is: pre-processing on the integer type ("black output" trap)
+    c, *_ = read_tif(out / "raw16_output.tif")
+    assert np.abs(c - predictor(img16)).max() > 1.0, "the stand-in should reproduce the 8/16-bit trap"
+    assert "pre-processing applied on the integer type" in res.stderr
+
+
+@pytest.mark.imagej
+@needs_imagej
+def test_standin_errors_behave_like_deepimagej_31(fiji_bundle, tmp_path):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "x.tif", np.ones((32, 32), np.float32))
+    no_rdf = tmp_path / "not_a_model"
+    no_rdf.mkdir()
+    out = tmp_path / "out"
+    macro = tmp_path / "errors.ijm"
+    macro.write_text(f"""
+run("DeepImageJ Run", "model_path=[{no_rdf}] input_path=[{tmp_path / 'x.tif'}] output_folder=[{out}] display_output=null");
+print("after missing rdf");
+run("DeepImageJ Run", "input_path=[{tmp_path / 'x.tif'}] output_folder=[{out}]");
+print("after missing model_path");
+run("DeepImageJ Run", "model_path=[{fiji_bundle}] input_path=[{tmp_path / 'nope.tif'}] output_folder=[{out}]");
+print("after missing input");
+""")
+    res = run_macro(macro)
+    # DeepImageJ 3.1 prints these problems (stack trace / Exception window); the macro goes on
+    assert res.returncode == 0
+    assert "after missing input" in res.stdout
+    assert "FileNotFoundException" in res.stderr and "rdf.yaml" in res.stderr
+    assert "requires to the variable 'model_path'" in res.stderr
+    assert "The provided input folder does not exist" in res.stderr
+    assert not any(out.glob("*.tif")), "nothing may be written for a failed run"
+
+
+# --------------------------------------------------------------------------------------------
+# batch macro
+# --------------------------------------------------------------------------------------------
+@pytest.mark.imagej
+@needs_imagej
+def test_batch_macro_matches_the_python_predictor(fiji_bundle, predictor, tmp_path):
+    from export.predict import predict_files
+
+    src, out, py_out = tmp_path / "in", tmp_path / "sr", tmp_path / "py"
+    images = write_inputs(src)
+    before = tree_hashes(src)
+
+    java_tmp = tmp_path / "java_tmp"  # ImageJ's temp folder, where the macro keeps its planes
+    java_tmp.mkdir()
+    res = run_macro(BATCH, args(model=fiji_bundle, input=src, output=out),
+                    java_options=(f"-Djava.io.tmpdir={java_tmp}",))
+    assert res.returncode == 0, res.stderr
+    assert "Summary: 4 done, 1 skipped, 0 failed" in res.stdout
+    assert not any(java_tmp.iterdir()), "temporary planes left behind"
+    assert "skipped notes.txt: not an image file" in res.stdout
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a8_sr.tif", "b16_sr.tif", "c32_uncalibrated_sr.tif", "d_stack_sr.tif"]
+    assert tree_hashes(src) == before, "inputs changed"
+
+    results = predict_files(fiji_bundle, [src], py_out, progress=False)
+    assert all(r.status == "written" for r in results), results
+    for name, raw in images.items():
+        stem = name[:-4]
+        got, px, unit, meta = read_tif(out / f"{stem}_sr.tif")
+        ref, ref_px, ref_unit, ref_meta = read_tif(py_out / f"{stem}_sr.tif")
+        assert got.dtype == np.float32
+        # the predictor's file and the predictor called plane by plane on float32 copies
+        assert_zoo_close(got, ref, f"{name}: macro vs w2sr predict")
+        planes = raw if raw.ndim == 3 else raw[None]
+        expected = np.stack([predictor(p.astype(np.float32)) for p in planes])
+        assert_zoo_close(got.reshape(expected.shape), expected, f"{name}: macro vs predictor")
+        if "uncalibrated" in name:
+            assert px == pytest.approx(0.5) and unit in (None, "", "pixel")  # ImageJ omits the unit "pixel"
+        else:
+            assert px == pytest.approx(0.05, rel=1e-5) and unit == "micron"
+        assert px == pytest.approx(ref_px, rel=1e-5)
+    _, _, _, meta = read_tif(out / "d_stack_sr.tif")
+    assert meta.get("slices") == 3 and float(meta.get("spacing")) == pytest.approx(0.3)
+
+    # again: existing outputs are skipped and left alone ...
+    outputs = tree_hashes(out)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    res = run_macro(BATCH, args(model=fiji_bundle, input=src, output=out))
+    assert res.returncode == 0
+    assert "Summary: 0 done, 5 skipped, 0 failed" in res.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes
+    # ... unless overwrite=true
+    res = run_macro(BATCH, args(model=fiji_bundle, input=src, output=out) + " overwrite=true")
+    assert res.returncode == 0 and "Summary: 4 done, 1 skipped, 0 failed" in res.stdout
+    assert tree_hashes(out) == outputs  # same numbers, rewritten
+    assert all(p.stat().st_mtime_ns >= mtimes[p.name] for p in out.iterdir())
+    assert sorted(p.name for p in out.iterdir()) == sorted(mtimes), "no temporary files left behind"
+    assert tree_hashes(src) == before
+
+
+@pytest.mark.imagej
+@needs_imagej
+def test_batch_macro_leaves_the_users_open_images_alone(fiji_bundle, tmp_path):
+    import tifffile
+
+    src, out = tmp_path / "in", tmp_path / "sr"
+    src.mkdir()
+    tifffile.imwrite(src / "z.tif", np.ones((2, 32, 32), np.float32))
+    caller = tmp_path / "caller.ijm"
+    caller.write_text(f'''
+newImage("my open image", "16-bit ramp", 64, 64, 1);
+runMacro("{BATCH}", "{args(model=fiji_bundle, input=src, output=out)}");
+print("open after: " + nImages + " " + getTitle());
+''')
+    res = run_macro(caller)
+    assert res.returncode == 0
+    assert "open after: 1 my open image" in res.stdout
+    assert (out / "z_sr.tif").is_file()
+
+
+@pytest.mark.imagej
+@needs_imagej
+def test_batch_macro_logs_unreadable_files_and_goes_on(fiji_bundle, predictor, tmp_path):
+    import tifffile
+
+    src, out = tmp_path / "in", tmp_path / "sr"
+    src.mkdir()
+    good = (np.random.default_rng(5).random((32, 40)) * 300).astype(np.float32)
+    tifffile.imwrite(src / "good.tif", good)
+    (src / "empty.tif").write_bytes(b"")
+    (src / "garbage.tif").write_bytes(os.urandom(4000))
+    (src / "text_named.png").write_text("not a png\n" * 20)
+    (src / "header_only.tif").write_bytes((src / "good.tif").read_bytes()[:8])
+    before = tree_hashes(src)
+
+    res = run_macro(BATCH, args(model=fiji_bundle, input=src, output=out))
+    assert res.returncode == 2, "failed files make the batch end with exit(...)"
+    assert "Summary: 1 done, 0 skipped, 4 failed" in res.stdout
+    for name, why in [("empty.tif", "empty file"), ("garbage.tif", "not a TIFF file"),
+                      ("text_named.png", "not a PNG file"), ("header_only.tif", "ImageJ cannot open")]:
+        assert re.search(rf"FAILED {re.escape(name)}: .*{why}", res.stdout), name
+    assert "4 of 5 image(s) failed" in res.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["good_sr.tif"]
+    assert_zoo_close(read_tif(out / "good_sr.tif")[0], predictor(good), "good.tif next to bad files")
+    assert tree_hashes(src) == before
+
+
+@pytest.mark.imagej
+@needs_imagej
+def test_batch_macro_reports_a_model_that_does_not_run(fiji_bundle, tmp_path):
+    """DeepImageJ fails on every image (here: the weights are gone): each file fails, with a reason."""
+    import tifffile
+
+    broken = tmp_path / "broken_model"
+    shutil.copytree(fiji_bundle, broken)
+    for onnx in broken.glob("*.onnx"):
+        onnx.unlink()
+    src, out = tmp_path / "in", tmp_path / "sr"
+    src.mkdir()
+    tifffile.imwrite(src / "one.tif", np.ones((32, 32), np.float32))
+    res = run_macro(BATCH, args(model=broken, input=src, output=out))
+    assert res.returncode == 2
+    assert "FAILED one.tif: DeepImageJ Run wrote no output" in res.stdout
+    assert "Summary: 0 done, 0 skipped, 1 failed" in res.stdout
+    assert not list(out.glob("*.tif"))
+
+
+def _fatal_cases(tmp_path: Path, bundle: Path) -> dict[str, tuple[str, str]]:
+    import tifffile
+
+    src = tmp_path / "in"
+    src.mkdir()
+    tifffile.imwrite(src / "x.tif", np.ones((32, 32), np.float32))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    only_text = tmp_path / "only_text"
+    only_text.mkdir()
+    (only_text / "readme.txt").write_text("x")
+    no_rdf = tmp_path / "no_rdf_model"
+    no_rdf.mkdir()
+    alias = tmp_path / "alias_of_in"
+    alias.symlink_to(src, target_is_directory=True)
+    out = tmp_path / "out"
+    return {
+        "model_not_found": (args(model=tmp_path / "no_such_model", input=src, output=out), "Model not found"),
+        "model_without_rdf": (args(model=no_rdf, input=src, output=out), "Not a model folder (no rdf.yaml)"),
+        "model_zip": (args(model=tmp_path / "model.zip", input=src, output=out), "is a zip"),
+        "input_missing": (args(model=bundle, input=tmp_path / "nope", output=out), "Input folder not found"),
+        "empty_folder": (args(model=bundle, input=empty, output=out), "No image files in"),
+        "no_images_in_folder": (args(model=bundle, input=only_text, output=out), "No image files in"),
+        "output_is_input": (args(model=bundle, input=src, output=src), "The output folder is the input folder"),
+        "output_is_input_by_link": (args(model=bundle, input=src, output=alias), "The output folder is the input folder"),
+        "no_output_given": (args(model=bundle, input=src), "No output folder given"),
+    }
+
+
+FATAL = ["model_not_found", "model_without_rdf", "model_zip", "input_missing", "empty_folder",
+         "no_images_in_folder", "output_is_input", "output_is_input_by_link", "no_output_given"]
+
+
+@pytest.mark.imagej
+@needs_imagej
+@pytest.mark.parametrize("case", FATAL)
+def test_batch_macro_stops_with_a_message(case, fiji_bundle, tmp_path):
+    argument, message = _fatal_cases(tmp_path, fiji_bundle)[case]
+    before = tree_hashes(tmp_path)
+    res = run_macro(BATCH, argument, timeout=60)
+    assert res.returncode == 2
+    assert message in res.stderr
+    assert tree_hashes(tmp_path) == before, "a refused run must write nothing"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.imagej
+@needs_imagej
+def test_batch_macro_without_deepimagej_says_so(fiji_bundle, tmp_path):
+    import tifffile
+
+    src = tmp_path / "in"
+    src.mkdir()
+    tifffile.imwrite(src / "x.tif", np.ones((32, 32), np.float32))
+    empty_home = tmp_path / "fresh_imagej"
+    (empty_home / "plugins").mkdir(parents=True)
+    res = run_macro(BATCH, args(model=fiji_bundle, input=src, output=tmp_path / "out"),
+                    java_options=(f"-Dplugins.dir={empty_home}",))
+    assert res.returncode == 2
+    assert 'DeepImageJ is not installed (no command "DeepImageJ Run")' in res.stderr
+
+
+@pytest.mark.imagej
+@needs_imagej
+@pytest.mark.parametrize("macro, title", [(BATCH, "w2sr: DeepImageJ batch super-resolution"),
+                                          (SINGLE, "w2sr: DeepImageJ super-resolution of one image")],
+                         ids=["batch", "single"])
+def test_macros_without_arguments_ask_in_a_dialog(macro, title):
+    res = run_macro(macro, "", timeout=60)
+    assert res.returncode == imagej_runner.DIALOG
+    assert f"'{title}'" in res.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# single-image macro
+# --------------------------------------------------------------------------------------------
+@pytest.mark.imagej
+@needs_imagej
+def test_single_image_macro(fiji_bundle, predictor, tmp_path):
+    import tifffile
+
+    src, out = tmp_path / "in", tmp_path / "sr"
+    src.mkdir()
+    raw = (np.random.default_rng(9).random((3, 2, 24, 28)) * 2000).astype(np.uint16)  # 3 slices x 2 channels
+    tifffile.imwrite(src / "hyper stack.tif", raw, imagej=True, resolution=(1 / 0.16, 1 / 0.16),
+                     metadata={"unit": "micron", "axes": "ZCYX"})
+    before = tree_hashes(src)
+    res = run_macro(SINGLE, args(model=fiji_bundle, input=src / "hyper stack.tif", output=out))
+    assert res.returncode == 0, res.stderr
+    assert "done hyper stack.tif" in res.stdout
+    got, px, unit, meta = read_tif(out / "hyper stack_sr.tif")
+    assert (meta.get("channels"), meta.get("slices")) == (2, 3)
+    assert px == pytest.approx(0.08, rel=1e-5) and unit == "micron"
+    stored = read_tif(src / "hyper stack.tif")[0]  # the planes in the order ImageJ keeps them
+    assert stored.shape[-2:] == (24, 28) and stored.size == raw.size
+    planes = stored.reshape(-1, 24, 28)
+    expected = np.stack([predictor(p.astype(np.float32)) for p in planes])
+    assert got.shape == stored.shape[:-2] + (48, 56)
+    assert_zoo_close(got.reshape(expected.shape), expected, "hyperstack via the single-image macro")
+    assert tree_hashes(src) == before
+
+    again = run_macro(SINGLE, args(model=fiji_bundle, input=src / "hyper stack.tif", output=out))
+    assert again.returncode == 2 and "Output exists" in again.stderr
+
+
+@pytest.mark.imagej
+@needs_imagej
+@pytest.mark.parametrize("case", ["missing_image", "unreadable_image", "output_is_image_folder", "not_an_image"])
+def test_single_image_macro_failures(case, fiji_bundle, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "sr"
+    src.mkdir()
+    (src / "broken.tif").write_bytes(os.urandom(500))
+    (src / "notes.txt").write_text("x")
+    argument, message = {
+        "missing_image": (args(model=fiji_bundle, input=src / "nope.tif", output=out), "Input image not found"),
+        "unreadable_image": (args(model=fiji_bundle, input=src / "broken.tif", output=out),
+                             "FAILED broken.tif: cannot read"),
+        "output_is_image_folder": (args(model=fiji_bundle, input=src / "broken.tif", output=src),
+                                   "The output folder is the input folder"),
+        "not_an_image": (args(model=fiji_bundle, input=src / "notes.txt", output=out), "Not an image file"),
+    }[case]
+    before = tree_hashes(src)
+    res = run_macro(SINGLE, argument, timeout=60)
+    assert res.returncode == 2
+    assert message in res.stderr
+    assert tree_hashes(src) == before
+    assert not list(out.glob("*.tif")) if out.exists() else True
+
+
+# --------------------------------------------------------------------------------------------
+# system dependencies
+# --------------------------------------------------------------------------------------------
+@pytest.mark.imagej
+@needs_imagej
+def test_install_script_is_a_no_op_when_everything_is_installed():
+    res = subprocess.run(["bash", str(ROOT / "scripts" / "install_system_deps.sh")], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "installing" not in res.stdout + res.stderr

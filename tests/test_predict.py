@@ -1,0 +1,364 @@
+"""``w2sr predict``: real files in, real TIFFs out, real onnxruntime / TensorFlow / dask cluster.
+
+The bundle is the tiny 2x model of tests/predict_fixtures.py (halo 4, sizes 16 + n*8,
+normalisation mean 100 / std 20 in, 50 / 10 out), so every output can be checked against
+``processing + predict_whole`` computed here with onnxruntime directly.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from export.bundle_info import read_bundle
+from export.processing import postprocess, preprocess
+from export.tiling import predict_whole
+from predict_fixtures import write_bundle
+from w2sr.cli import main as cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    return write_bundle(tmp_path_factory.mktemp("bundle") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def reference(bundle):
+    """raw 2D image -> expected float32 output, computed without export.predict."""
+    import onnxruntime as ort
+
+    info = read_bundle(bundle)
+    session = ort.InferenceSession(str(info.onnx_path), providers=["CPUExecutionProvider"])
+
+    def ref(raw: np.ndarray) -> np.ndarray:
+        x = preprocess(raw, info.input_mean, info.input_std)
+        y = predict_whole(lambda b: session.run(None, {"input": b})[0], x, info.valid_size_at_least)
+        return postprocess(y, info.target_mean, info.target_std)
+    return ref
+
+
+def zoo_close(a, b) -> bool:
+    return bool((np.abs(a - b) <= 1.5e-4 + 1e-4 * np.abs(b)).all())
+
+
+def image(shape, seed=0, integer=False) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    a = 100 + 20 * rng.normal(size=shape)
+    a[..., 10:20, 10:30] += 80  # some structure
+    return np.clip(np.rint(a), 0, 255).astype(np.float32) if integer else a.astype(np.float32)
+
+
+def run_cli(bundle, *args) -> int:
+    return cli(["predict", str(bundle), *map(str, args), "--no-progress"])
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------
+def test_tif_png_npy_inputs_give_the_whole_image_result(bundle, reference, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    a = image((70, 91), 1)                    # odd size, not 16 + n*8
+    tifffile.imwrite(src / "a.tif", a)
+    b = image((40, 33), 2, integer=True).astype(np.uint8)
+    import imageio.v3 as iio
+    iio.imwrite(src / "b.png", b)
+    c = image((130, 60), 3)
+    np.save(src / "c.npy", c)
+    rc = run_cli(bundle, src, "--out", tmp_path / "out", "--tile", 40)  # several tiles per image
+    assert rc == 0
+    for name, raw in [("a", a), ("b", b), ("c", c)]:
+        out = tifffile.imread(tmp_path / "out" / f"{name}_sr.tif")
+        assert out.dtype == np.float32 and out.shape == (2 * raw.shape[0], 2 * raw.shape[1])
+        assert zoo_close(out, reference(raw)), name
+
+
+def test_8_16_32_bit_inputs_give_the_float_result(bundle, tmp_path):
+    base = image((50, 64), 4, integer=True)  # integer values 0..255, exactly representable everywhere
+    src = tmp_path / "in"
+    src.mkdir()
+    for dtype in (np.uint8, np.uint16, np.float32):
+        tifffile.imwrite(src / f"img_{np.dtype(dtype).name}.tif", base.astype(dtype))
+    assert run_cli(bundle, src, "--out", tmp_path / "out") == 0
+    outs = {d: tifffile.imread(tmp_path / "out" / f"img_{d}_sr.tif") for d in ("uint8", "uint16", "float32")}
+    np.testing.assert_array_equal(outs["uint8"], outs["float32"])
+    np.testing.assert_array_equal(outs["uint16"], outs["float32"])
+    # and not the near-zero output of normalising in 8-bit arithmetic
+    assert outs["uint8"].std() > 1
+
+
+def test_stacks_are_predicted_slice_by_slice(bundle, reference, tmp_path):
+    z = np.stack([image((40, 52), s) for s in range(3)])
+    tifffile.imwrite(tmp_path / "z.tif", z, imagej=True, metadata={"axes": "ZYX", "spacing": 0.3, "unit": "um"},
+                     resolution=(1 / 0.1, 1 / 0.1))
+    t = z[:2].astype(np.uint16)
+    tifffile.imwrite(tmp_path / "t.tif", t, imagej=True, metadata={"axes": "TYX", "finterval": 2.5})
+    np.save(tmp_path / "n.npy", z)
+    assert run_cli(bundle, tmp_path / "z.tif", tmp_path / "t.tif", tmp_path / "n.npy", "--out", tmp_path / "out",
+                   "--tile", 32) == 0
+    with tifffile.TiffFile(tmp_path / "out" / "z_sr.tif") as tf:
+        assert tf.series[0].axes == "ZYX" and tf.series[0].shape == (3, 80, 104)
+        assert tf.imagej_metadata["spacing"] == pytest.approx(0.3)  # Z step unchanged
+        zout = tf.asarray()
+    with tifffile.TiffFile(tmp_path / "out" / "t_sr.tif") as tf:
+        assert tf.series[0].axes == "TYX" and tf.series[0].shape == (2, 80, 104)
+        assert tf.imagej_metadata["finterval"] == pytest.approx(2.5)
+        tout = tf.asarray()
+    nout = tifffile.imread(tmp_path / "out" / "n_sr.tif")
+    for i in range(3):
+        assert zoo_close(zout[i], reference(z[i]))
+        assert zoo_close(nout[i], reference(z[i]))
+    for i in range(2):
+        assert zoo_close(tout[i], reference(t[i]))
+    assert not np.allclose(zout[0], zout[1])  # the slices are not one slice repeated
+
+
+def _resolution(path):
+    with tifffile.TiffFile(path) as tf:
+        x = tf.pages[0].tags["XResolution"].value
+        y = tf.pages[0].tags["YResolution"].value
+        return x[0] / x[1], y[0] / y[1], (tf.imagej_metadata or {}).get("unit")
+
+
+def test_pixel_size_is_halved_in_imagej_metadata(bundle, tmp_path):
+    a = image((32, 40))
+    src = tmp_path / "in"
+    src.mkdir()
+    tifffile.imwrite(src / "ij.tif", a, imagej=True, resolution=(1 / 0.108, 1 / 0.12), metadata={"unit": "um"})
+    tifffile.imwrite(src / "cm.tif", a, resolution=(1e4 / 0.2, 1e4 / 0.2), resolutionunit="CENTIMETER")
+    tifffile.imwrite(src / "ome.ome.tif", a, ome=True, metadata={"PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25,
+                                                                 "axes": "YX"})
+    np.save(src / "plain.npy", a)
+    assert run_cli(bundle, src, "--out", tmp_path / "out") == 0
+    out = tmp_path / "out"
+    rx, ry, unit = _resolution(out / "ij_sr.tif")
+    assert (1 / rx, 1 / ry, unit) == (pytest.approx(0.054), pytest.approx(0.06), "um")
+    rx, _, unit = _resolution(out / "cm_sr.tif")
+    assert (1 / rx, unit) == (pytest.approx(0.1), "micron")
+    rx, _, unit = _resolution(out / "ome.ome_sr.tif")
+    assert (1 / rx, unit) == (pytest.approx(0.125), "micron")
+    rx, _, unit = _resolution(out / "plain_sr.tif")
+    assert (1 / rx, unit) == (pytest.approx(0.5), "pixel")  # uncalibrated: half an input pixel
+
+
+def test_uint16_output_states_its_scaling(bundle, reference, tmp_path, caplog):
+    a = image((48, 56), 5)
+    tifffile.imwrite(tmp_path / "a.tif", a)
+    with caplog.at_level(logging.INFO, logger="w2sr.predict"):
+        assert run_cli(bundle, tmp_path / "a.tif", "--out", tmp_path / "out", "--format", "uint16") == 0
+    with tifffile.TiffFile(tmp_path / "out" / "a_sr.tif") as tf:
+        u16 = tf.asarray()
+        meta = tf.imagej_metadata
+    assert u16.dtype == np.uint16 and u16.min() == 0 and u16.max() == 65535
+    assert meta["cf"] == 0  # ImageJ's straight-line calibration: value = c0 + c1 * pixel
+    value = meta["c0"] + meta["c1"] * u16.astype(np.float64)
+    expect = reference(a)
+    assert np.abs(value - expect).max() <= meta["c1"] * 0.51 + 1e-4 * np.abs(expect).max()
+    assert any("uint16 scaling: value =" in r.getMessage() for r in caplog.records)
+
+
+def test_resume_skips_existing_outputs_and_overwrite_replaces(bundle, tmp_path, caplog):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(2):
+        tifffile.imwrite(src / f"im{i}.tif", image((32, 32), i))
+    out = tmp_path / "out"
+    assert run_cli(bundle, src, "--out", out) == 0
+    first = sha(out / "im1_sr.tif")
+    (out / "im0_sr.tif").write_bytes(b"kept: not recomputed")
+    (out / "im1_sr.tif").unlink()
+    with caplog.at_level(logging.INFO, logger="w2sr.predict"):
+        assert run_cli(bundle, src, "--out", out) == 0
+    assert (out / "im0_sr.tif").read_bytes() == b"kept: not recomputed"
+    assert sha(out / "im1_sr.tif") == first
+    assert "summary: 1 written, 1 skipped" in caplog.text
+    assert run_cli(bundle, src, "--out", out, "--overwrite") == 0
+    assert tifffile.imread(out / "im0_sr.tif").shape == (64, 64)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_inputs_are_never_overwritten(bundle, tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    tifffile.imwrite(src / "a.tif", image((32, 32)))
+    before = sha(src / "a.tif")
+    # the output folder may not be an input folder
+    assert run_cli(bundle, src, "--out", src) == 2
+    assert "output folder is an input folder" in capsys.readouterr().err
+    # an input that sits where an output would go is refused, even with --overwrite
+    out = tmp_path / "out"
+    out.mkdir()
+    tifffile.imwrite(out / "a_sr.tif", image((32, 32), 9))
+    victim = sha(out / "a_sr.tif")
+    assert run_cli(bundle, src / "a.tif", out / "a_sr.tif", "--out", out, "--overwrite") == 1
+    assert sha(out / "a_sr.tif") == victim and sha(src / "a.tif") == before
+    assert (out / "a_sr_sr.tif").exists()  # the other input still ran
+
+
+def _bad_files(d: Path) -> dict[str, str]:
+    """file name -> fragment its one-line error must contain."""
+    d.mkdir()
+    (d / "empty.tif").write_bytes(b"")
+    (d / "corrupt.tif").write_bytes(b"II*\x00" + os.urandom(64))
+    (d / "notes.txt").write_text("not an image")
+    (d / "fake.png").write_bytes(b"this is no png")
+    tifffile.imwrite(d / "rgb.tif", np.zeros((32, 32, 3), np.uint8), photometric="rgb")
+    import imageio.v3 as iio
+    iio.imwrite(d / "rgb_png.png", np.zeros((32, 32, 3), np.uint8))
+    tifffile.imwrite(d / "fourd.tif", np.zeros((2, 3, 32, 32), np.float32), imagej=True,
+                     metadata={"axes": "TZYX"})
+    tifffile.imwrite(d / "channels.tif", np.zeros((2, 32, 32), np.float32), imagej=True,
+                     metadata={"axes": "CYX"})
+    nan = image((32, 32))
+    nan[5, 5] = np.nan
+    np.save(d / "nan.npy", nan)
+    inf = image((32, 32))
+    inf[1, 2] = np.inf
+    tifffile.imwrite(d / "inf.tif", inf)
+    np.save(d / "zero.npy", np.zeros((0, 32), np.float32))
+    np.save(d / "tiny.npy", np.zeros((5, 40), np.float32))
+    np.save(d / "strings.npy", np.array([["a", "b"], ["c", "d"]]))
+    np.save(d / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    return {
+        "empty.tif": "empty file", "corrupt.tif": "not a readable TIFF", "notes.txt": "unsupported file type",
+        "fake.png": "not a readable PNG", "rgb.tif": "RGB", "rgb_png.png": "RGB", "fourd.tif": "4D image",
+        "channels.tif": "multi-channel", "nan.npy": "NaN or Inf", "inf.tif": "NaN or Inf",
+        "zero.npy": "empty image", "tiny.npy": "too small", "strings.npy": "unsupported pixel type",
+        "pickled.npy": "not a readable .npy",
+    }
+
+
+def test_bad_inputs_fail_one_line_each_and_the_batch_goes_on(bundle, tmp_path, caplog):
+    bad = _bad_files(tmp_path / "bad")
+    good = tmp_path / "good.tif"
+    tifffile.imwrite(good, image((32, 40)))
+    inputs = [tmp_path / "bad" / n for n in bad] + [good, tmp_path / "missing.tif", tmp_path / "nothing*.tif"]
+    with caplog.at_level(logging.INFO, logger="w2sr.predict"):
+        rc = run_cli(bundle, *inputs, "--out", tmp_path / "out")
+    assert rc == 1
+    assert (tmp_path / "out" / "good_sr.tif").exists()  # the good file was predicted anyway
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    summary_at = errors.index(f"{len(bad) + 2} file(s) failed:")
+    summary = errors[summary_at + 1:]
+    for name, fragment in bad.items():
+        path = str(tmp_path / "bad" / name)
+        lines = [m for m in summary if path + ":" in m]
+        assert len(lines) == 1, (name, summary)
+        assert fragment in lines[0] and "\n" not in lines[0], lines[0]
+        assert any(path in m for m in errors[:summary_at])  # also reported when it happened
+    assert any("missing.tif: no such file" in m for m in summary)
+    assert any("nothing*.tif: pattern matches no file" in m for m in summary)
+    assert "summary: 1 written, 0 skipped (output exists), 16 failed" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good_sr.tif"]  # no partial outputs
+
+
+def test_a_bad_bundle_is_one_error_before_any_input_is_read(tmp_path, capsys):
+    (tmp_path / "b").mkdir()
+    assert run_cli(tmp_path / "b", tmp_path, "--out", tmp_path / "out") == 2
+    assert "not a model bundle" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_tensorflow_runtime_matches_onnx(tmp_path):
+    pytest.importorskip("tensorflow")
+    b = write_bundle(tmp_path / "bundle", savedmodel=True)
+    a = image((45, 70), 6)
+    tifffile.imwrite(tmp_path / "a.tif", a)
+    assert run_cli(b, tmp_path / "a.tif", "--out", tmp_path / "onnx", "--tile", 32) == 0
+    assert run_cli(b, tmp_path / "a.tif", "--out", tmp_path / "tf", "--tile", 32, "--runtime", "tensorflow",
+                   "--threads", "1") == 0
+    tf_out = tifffile.imread(tmp_path / "tf" / "a_sr.tif")
+    onnx_out = tifffile.imread(tmp_path / "onnx" / "a_sr.tif")
+    assert zoo_close(tf_out, onnx_out)
+
+
+def test_dask_two_worker_cluster_gives_the_local_outputs(bundle, tmp_path):
+    from distributed import Client, LocalCluster
+
+    from export.predict import predict_files
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(4):
+        tifffile.imwrite(src / f"im{i}.tif", image((40 + 8 * i, 48), i), imagej=True,
+                         resolution=(10, 10), metadata={"unit": "um"})
+    (src / "broken.tif").write_bytes(b"")  # a zero-length file: fails on a worker
+    local = predict_files(bundle, [src], tmp_path / "local", progress=False, tile=32)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=":0", silence_logs=logging.ERROR) as cluster:
+        results = predict_files(bundle, [src], tmp_path / "dask", scheduler=cluster.scheduler_address,
+                                progress=False, tile=32)
+        with Client(cluster) as client:
+            loaded = client.run(lambda: len(__import__("export.predict", fromlist=["x"])._MODEL_CACHE))
+    assert [r.status for r in results] == [r.status for r in local]
+    assert {r.status for r in results} == {"written", "failed"}
+    assert all(r.worker for r in results if r.status != "skipped")  # ran on the cluster
+    assert all(n <= 1 for n in loaded.values())  # each worker loaded the bundle at most once
+    for i in range(4):
+        a = tifffile.TiffFile(tmp_path / "local" / f"im{i}_sr.tif")
+        b = tifffile.TiffFile(tmp_path / "dask" / f"im{i}_sr.tif")
+        with a, b:
+            np.testing.assert_array_equal(a.asarray(), b.asarray())
+            assert a.imagej_metadata == b.imagej_metadata
+            assert a.pages[0].tags["XResolution"].value == b.pages[0].tags["XResolution"].value
+    failed = [r for r in results if r.status == "failed"]
+    assert len(failed) == 1 and "broken.tif: empty file" in failed[0].message
+
+
+MEMORY_PROBE = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from export.predict import predict_files
+    bundle, small, big, out, mode = sys.argv[1:]
+    def peak():  # MiB; VmHWM because ru_maxrss starts at the parent's (pytest's) RSS after exec
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    predict_files(bundle, [small], out, progress=False, tile=128)   # loads the runtime, warms up
+    base = peak()
+    x = np.load(big)
+    if mode == "tiled":
+        r = predict_files(bundle, [big], out, progress=False, tile=128)
+        assert r[0].status == "written", r
+    else:  # the model on the whole image at once, for comparison
+        from export.predict import cached_model, Settings
+        from export.processing import preprocess
+        m = cached_model(Settings(bundle))
+        m.runtime.predict(preprocess(x, 100, 20)[None, :, :, None])
+    print(json.dumps({"base": base, "peak": peak()}))
+""")
+
+
+def _peak_growth(bundle, tmp_path, mode) -> float:
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(bundle), str(tmp_path / "small.npy"),
+                          str(tmp_path / "big.npy"), str(tmp_path / f"out_{mode}"), mode],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    m = json.loads(out.stdout.strip().splitlines()[-1])
+    return m["peak"] - m["base"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc for the peak RSS (VmHWM)")
+def test_memory_is_bounded_by_the_tile_not_the_image(bundle, tmp_path):
+    side = 1536
+    np.save(tmp_path / "small.npy", image((64, 64)))
+    np.save(tmp_path / "big.npy", image((side, side)))
+    mib = side * side * 4 / 2**20          # one input-sized float32 plane: 9 MiB
+    tiled = _peak_growth(bundle, tmp_path, "tiled")
+    whole = _peak_growth(bundle, tmp_path, "whole")
+    # tiled: input + normalised input + 4x output + tiles; whole: the network's activations on it all
+    assert tiled < 12 * mib, (tiled, whole)
+    assert whole > tiled + 10 * mib, (tiled, whole)  # the probe can tell the difference
