@@ -1,0 +1,364 @@
+"""The bundle's rdf.yaml (format 0.4.10, for DeepImageJ) and its format-0.5 twin (for the model zoo).
+
+Why 0.4.10 for DeepImageJ: JDLL reads a 0.5 output axis ``scale`` with 0.4 arithmetic, so a
+spec-correct 0.5 description of a 2x model comes out at half size there, while a 0.4.10
+``shape: {reference_tensor: input, scale: [1, 2, 2, 1], offset: [0, 0, 0, 0]}`` plus ``halo`` is read
+the same way by JDLL and bioimageio.core. The 0.5 package (converted by bioimageio.spec) is for
+the zoo and bioimageio.core only.
+
+``tensorflow_version`` of the SavedModel: **1.15** (:data:`TENSORFLOW_VERSION`). The weights are a
+frozen TF1-style graph (``tf.compat.v1.saved_model.Builder``, no variables) whose op set is checked
+against what TensorFlow 1.15 defines (``export.savedmodel.ALLOWED_OPS``); it loads in TF 1.15, 2.7,
+2.10 and 2.21. JDLL picks the engine by the MAJOR version:
+
+* "1.x" -> its TF1 engine (1.15, installed by default), the same runtime DeepImageJ 2.1 embeds,
+  so one declaration is true for DeepImageJ 2 and 3 and names the oldest runtime the graph is built
+  for. Where TF1 cannot run (Apple silicon: JDLL has no TF1 build for macosx-arm64), the ONNX
+  weights (opset 17, built for that platform) are the compatible format.
+* bioimageio.core 0.11 chooses its adapter by the *installed* TensorFlow (2.x -> ``TFSMLayer`` on
+  the ``serving_default`` signature) and only warns that 1.15 != installed; bioimageio.spec maps a
+  declared TF < 2 to a TF 2.17 test environment. So ``bioimageio test`` still runs these weights
+  (checked at every export: the bundle is refused otherwise).
+
+The exporting TensorFlow version is recorded under ``config.w2sr.exported_with``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+
+from w2sr.errors import UserError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = "0.4.10"
+TENSORFLOW_VERSION = "1.15"
+ONNX_OPSET = 17
+#: the zoo's per-pixel tolerance for reproducing test outputs: |a - b| <= ATOL + RTOL * |b|
+ATOL = 1.5e-4
+RTOL = 1e-4
+EPS = 1e-6  # zero_mean_unit_variance epsilon (export.processing.EPS)
+
+CITATIONS = [
+    {"text": "Chatton M. Microscopy Image Restoration using Deep Learning on W2S. "
+             "Semester project report, EPFL, 2020 (the TensorFlow ESRGAN this model follows).",
+     "url": "https://github.com/mchatton/w2s-tensorflow"},
+    {"text": "Wang X. et al. ESRGAN: Enhanced Super-Resolution Generative Adversarial Networks. "
+             "ECCV Workshops 2018.",
+     "url": "https://arxiv.org/abs/1809.00219"},
+    {"text": "Zhou R., El Helou M. et al. W2S: Microscopy Data with Joint Denoising and "
+             "Super-Resolution for Widefield to SIM Mapping. ECCV Workshops 2020.",
+     "url": "https://arxiv.org/abs/2003.05961"},
+]
+
+DEFAULT_DESCRIPTION = (
+    "Joint denoising and 2x super-resolution of single-channel widefield fluorescence images: "
+    "an ESRGAN generator (RRDBNet) trained to map noisy widefield images to SIM-like images "
+    "(W2S widefield-to-SIM task). Input raw widefield intensities, output SIM intensities at twice "
+    "the sampling."
+)
+DEFAULT_TAGS = [
+    "deepimagej", "super-resolution", "denoising", "widefield", "sim", "fluorescence-light-microscopy",
+    "esrgan", "gan", "rrdbnet", "w2s", "2d", "tensorflow", "onnx",
+]
+DEFAULT_AUTHORS = [{"name": "w2sr contributors"}]
+
+PRE_MACRO = "preprocessing.ijm"
+POST_MACRO = "postprocessing.ijm"
+
+
+@dataclass
+class RdfParams:
+    name: str
+    input_mean: float
+    input_std: float
+    target_mean: float
+    target_std: float
+    halo: int                      # input pixels; the rdf states 2x this on the output
+    min_size: int
+    step: int
+    test_shape: tuple[int, int]    # (H, W) of test_input.npy
+    savedmodel_sha256: str
+    onnx_sha256: str
+    timestamp: str
+    description: str = DEFAULT_DESCRIPTION
+    authors: list = field(default_factory=lambda: list(DEFAULT_AUTHORS))
+    license: str = "MIT"
+    tags: list = field(default_factory=lambda: list(DEFAULT_TAGS))
+    memory_peak: Optional[str] = None
+    runtime: Optional[str] = None
+    pixel_size: str = "1.0 pixel"
+    attachments: list = field(default_factory=list)
+    w2sr: dict = field(default_factory=dict)
+    tensorflow_version: str = TENSORFLOW_VERSION
+    onnx_opset: int = ONNX_OPSET
+    scale: int = 2
+
+
+def _f(x: float) -> float:
+    return float(f"{float(x):.9g}")
+
+
+def build_rdf(p: RdfParams) -> dict:
+    """The format 0.4.10 description, as a plain dict (written with :func:`write_rdf`)."""
+    if float(p.target_std) == 1.0 and float(p.target_mean) == 0.0:
+        raise UserError("normalisation: target_std 1 and target_mean 0 make scale_linear a no-op, "
+                        "which the rdf format rejects")
+    if p.min_size <= 2 * p.halo:
+        raise UserError(f"min input size {p.min_size} must exceed 2 x halo ({2 * p.halo})")
+    h, w = p.test_shape
+    s = p.scale
+    halo_out = s * p.halo
+    mem = p.memory_peak
+    doc: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "type": "model",
+        "name": p.name,
+        "description": p.description,
+        "authors": p.authors,
+        "cite": CITATIONS,
+        "license": p.license,
+        "tags": p.tags,
+        "documentation": "README.md",
+        "covers": ["cover.png"],
+        "timestamp": p.timestamp,
+        "version": "0.1.0",
+        "inputs": [{
+            "name": "input",
+            "description": "raw widefield image (any intensity units the model was trained on), "
+                           "converted to float32 before the normalisation",
+            "axes": "byxc",
+            "data_type": "float32",
+            "data_range": [float("-inf"), float("inf")],
+            "shape": {"min": [1, p.min_size, p.min_size, 1], "step": [0, p.step, p.step, 0]},
+            "preprocessing": [{
+                "name": "zero_mean_unit_variance",
+                "kwargs": {"mode": "fixed", "axes": "xy", "mean": _f(p.input_mean),
+                           "std": _f(p.input_std), "eps": EPS},
+            }],
+        }],
+        "outputs": [{
+            "name": "output",
+            "description": f"restored image at {s}x the input sampling, in target (SIM) intensity units",
+            "axes": "byxc",
+            "data_type": "float32",
+            "data_range": [float("-inf"), float("inf")],
+            "shape": {"reference_tensor": "input", "scale": [1, s, s, 1], "offset": [0, 0, 0, 0]},
+            "halo": [0, halo_out, halo_out, 0],
+            # axes "xyc", not "xy": one scalar gain/offset for the whole (1-channel) tensor. With "xy"
+            # bioimageio.spec's 0.4 -> 0.5 converter makes a per-channel op that its own 0.5
+            # validation then rejects ("Do not specify an axis for scalar gain and offset values").
+            "postprocessing": [{
+                "name": "scale_linear",
+                "kwargs": {"axes": "xyc", "gain": _f(p.target_std), "offset": _f(p.target_mean)},
+            }],
+        }],
+        "test_inputs": ["test_input.npy"],
+        "test_outputs": ["test_output.npy"],
+        "sample_inputs": ["sample_input.tif"],
+        "sample_outputs": ["sample_output.tif"],
+        "weights": {
+            "tensorflow_saved_model_bundle": {
+                "source": "tf_saved_model.zip",
+                "sha256": p.savedmodel_sha256,
+                "tensorflow_version": p.tensorflow_version,
+            },
+            "onnx": {
+                "source": "weights.onnx",
+                "sha256": p.onnx_sha256,
+                "opset_version": p.onnx_opset,
+                "parent": "tensorflow_saved_model_bundle",
+            },
+        },
+        "config": {
+            "deepimagej": {
+                "pyramidal_model": False,
+                "allow_tiling": True,
+                "model_keys": None,
+                "test_information": {
+                    "inputs": [{
+                        "name": "sample_input.tif",
+                        "size": f"{h} x {w} x 1",
+                        "pixel_size": {"x": p.pixel_size, "y": p.pixel_size, "z": "1.0 pixel"},
+                    }],
+                    "outputs": [{"name": "sample_output.tif", "type": "image", "size": f"{s * h} x {s * w} x 1"}],
+                    "memory_peak": mem,
+                    "runtime": p.runtime,
+                },
+                "prediction": {
+                    "preprocess": [{"spec": "ij.IJ::runMacroFile", "kwargs": PRE_MACRO}],
+                    "postprocess": [{"spec": "ij.IJ::runMacroFile", "kwargs": POST_MACRO}],
+                },
+            },
+            "w2sr": p.w2sr,
+        },
+    }
+    if p.attachments:
+        doc["attachments"] = {"files": list(p.attachments)}
+    return doc
+
+
+def write_rdf(doc: dict, path: Path) -> Path:
+    from training.io import atomic_write_text
+
+    text = "# BioImage.IO model description (format 0.4.10), written by `w2sr export`.\n"
+    text += yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100)
+    atomic_write_text(Path(path), text)
+    return Path(path)
+
+
+def _summary_errors(summary: Any) -> list[str]:
+    out = []
+    for d in summary.details:
+        for e in d.errors:
+            loc = ".".join(str(x) for x in e.loc)
+            out.append(f"{loc}: {e.msg}" if loc else e.msg)
+    return out
+
+
+def validate_rdf_format(rdf_path: Path, format_version: str = "discover") -> Any:
+    """Static validation by bioimageio.spec (fields, files present, sha256); UserError if invalid."""
+    os.environ.setdefault("BIOIMAGEIO_PERFORM_IO_CHECKS", "1")
+    from bioimageio.spec import InvalidDescr, load_description
+
+    descr = load_description(str(rdf_path), format_version=format_version, perform_io_checks=True)
+    if isinstance(descr, InvalidDescr) or descr.validation_summary.status == "failed":
+        errors = _summary_errors(descr.validation_summary) or ["(no details)"]
+        raise UserError(f"{rdf_path}: rdf fails bioimageio.spec validation: " + "; ".join(errors[:5]))
+    return descr
+
+
+def make_zoo_package(rdf_path: Path, out_zip: Path) -> Path:
+    """Convert the 0.4.10 description to format 0.5 (bioimageio.spec's converter) and package it.
+
+    The zoo tolerance is written into ``config.bioimageio.reproducibility_tolerance`` so that
+    ``bioimageio test`` checks the same bound the parity matrix uses.
+    """
+    from bioimageio.spec import save_bioimageio_package
+    from bioimageio.spec.model import v0_5
+
+    descr = validate_rdf_format(rdf_path, format_version="latest")
+    if not isinstance(descr, v0_5.ModelDescr):
+        raise UserError(f"{rdf_path}: conversion to format 0.5 gave {type(descr).__name__}")
+    # a new node (not an attribute edit), so that the serialiser sees the field as set
+    descr.config.bioimageio = v0_5.BioimageioConfig(reproducibility_tolerance=[
+        v0_5.ReproducibilityTolerance(relative_tolerance=RTOL, absolute_tolerance=ATOL)
+    ])
+    out_zip = Path(out_zip)
+    out_zip.parent.mkdir(parents=True, exist_ok=True)
+    save_bioimageio_package(descr, output_path=out_zip)
+    if not out_zip.is_file():  # the exporter once returned without writing (core#302)
+        raise UserError(f"{out_zip}: bioimageio.spec did not write the package")
+    return out_zip
+
+
+# --------------------------------------------------------------------------------------------
+# DeepImageJ 2 macros (DeepImageJ 3 applies the rdf's own pre/postprocessing instead)
+
+
+def deepimagej_macros(input_mean: float, input_std: float, target_mean: float, target_std: float) -> tuple[str, str]:
+    """ImageJ macros doing exactly the rdf's pre- and postprocessing (for DeepImageJ 2.1)."""
+    pre = f"""// Preprocessing of the w2sr model for DeepImageJ 2.1 (DeepImageJ 3 uses the rdf's own ops).
+// zero_mean_unit_variance, fixed: x -> (x - {_f(input_mean)}) / ({_f(input_std)} + 1e-6)
+// Converted to 32-bit first: on 8/16-bit images ImageJ would round every step to integers.
+if (bitDepth() != 32) run("32-bit");
+run("Subtract...", "value={_f(input_mean)!r} slice");
+run("Divide...", "value={_f(float(input_std) + EPS)!r} slice");
+"""
+    post = f"""// Postprocessing of the w2sr model for DeepImageJ 2.1 (DeepImageJ 3 uses the rdf's own ops).
+// scale_linear: y -> y * {_f(target_std)} + {_f(target_mean)} (network units -> SIM intensity units)
+if (bitDepth() != 32) run("32-bit");
+run("Multiply...", "value={_f(target_std)!r} slice");
+run("Add...", "value={_f(target_mean)!r} slice");
+"""
+    return pre, post
+
+
+# --------------------------------------------------------------------------------------------
+# README (the rdf's documentation)
+
+
+def render_readme(*, name: str, rdf: dict, validation_md: str, run_name: str, exported_with: dict,
+                  halo_info: dict, macros: Sequence[str]) -> str:
+    inp, out = rdf["inputs"][0], rdf["outputs"][0]
+    pre = inp["preprocessing"][0]["kwargs"]
+    post = out["postprocessing"][0]["kwargs"]
+    m, step = inp["shape"]["min"][1], inp["shape"]["step"][1]
+    halo_out = out["halo"][1]
+    macro_list = "\n".join(f"- `fiji_macros/{Path(x).name}`" for x in macros) or "- (none in this export)"
+    cites = "\n".join(f"- {c['text']} <{c['url']}>" for c in rdf["cite"])
+    return f"""# {name}
+
+{rdf['description']}
+
+Trained in run `{run_name}`; exported by `w2sr export` with TensorFlow {exported_with.get('tensorflow')},
+Keras {exported_with.get('keras')}, tf2onnx {exported_with.get('tf2onnx')}.
+
+## Input and output
+
+| | tensor | axes | size | units |
+|---|---|---|---|---|
+| input | `input` | b, y, x, c (c = 1) | any size >= {m} px per side (min {m}, step {step}) | raw widefield intensities |
+| output | `output` | b, y, x, c (c = 1) | 2 x the input | SIM (target) intensities |
+
+- Preprocessing (`zero_mean_unit_variance`, fixed): `x' = (x - {pre['mean']}) / ({pre['std']} + 1e-6)`.
+- Postprocessing (`scale_linear`): `y = y' * {post['gain']} + {post['offset']}`.
+- Both statistics come from the training run (`training_config.yaml`, `normalization:`); the
+  network itself works on the normalised values. Convert 8/16-bit images to 32-bit before the
+  preprocessing (the macros here do): integer images would round the normalised values.
+- Halo: {halo_info.get('halo')} input pixels ({halo_out} output pixels), measured: tiles whose
+  kept part has at least this much context reproduce the whole-image result within the zoo
+  tolerance `|a - b| <= 1.5e-4 + 1e-4 |b|` (with {halo_info.get('too_small')} px the largest
+  difference was {halo_info.get('too_small_max_diff')}). Tiles must be larger than {2 * int(halo_info.get('halo') or 0)} px.
+
+## Files
+
+| file | what |
+|---|---|
+| `rdf.yaml` | BioImage.IO description, format 0.4.10 (what DeepImageJ 3 sizes correctly for a 2x model) |
+| `tf_saved_model.zip` | frozen-graph TensorFlow SavedModel (`saved_model.pb` + `variables/` at the zip root), tag `serve`, signature `serving_default`, `input` -> `output`; declared `tensorflow_version: 1.15` (runs in TF 1.15 and 2.x) |
+| `weights.onnx` | the same graph in ONNX, opset 17, input `input`, output `output`, dynamic batch/height/width |
+| `test_input.npy`, `test_output.npy` | float32 test tensors (axes byxc), raw input and postprocessed output |
+| `sample_input.tif`, `sample_output.tif` | the same image as 2D TIFFs, for DeepImageJ's test run |
+| `cover.png` | input (nearest-neighbour enlarged) next to the output |
+| `preprocessing.ijm`, `postprocessing.ijm` | the normalisation as ImageJ macros (used by DeepImageJ 2.1) |
+| `fiji_macros/` | Fiji macros for running the model |
+| `training_config.yaml` | the resolved training configuration |
+| `parity.md`, `parity.json` | the validation below, as tables and as data |
+| `generator.keras` | the Keras generator (only in the bundle folder, not in the packages; not a weight format DeepImageJ reads) |
+| `packages/{name}_deepimagej.zip` | this folder zipped for DeepImageJ (install dialog, or unzip into `Fiji.app/models/{name}/`) |
+| `packages/{name}_zoo-0.5.zip` | format 0.5 package of the same weights for the BioImage.IO model zoo |
+
+## Using it
+
+**DeepImageJ 3.1 (Fiji)**: install `packages/{name}_deepimagej.zip` with DeepImageJ's
+"Install model" dialog, or unzip it into `Fiji.app/models/{name}/`. Then, in a macro:
+
+```
+run("DeepImageJ Run", "model_path=[{name}] input_path=[/path/to/images] output_folder=[/path/to/out] display_output=[null]");
+```
+
+DeepImageJ 3 applies the rdf's pre- and postprocessing itself and tiles large images with the halo
+above. Open 8/16-bit images as 32-bit first (`run("32-bit");`). Fiji macros shipped with the bundle:
+
+{macro_list}
+
+**DeepImageJ 2.1**: runs `tf_saved_model.zip` with its TensorFlow 1.15 and the two `.ijm` macros
+(named under `config.deepimagej.prediction`).
+
+**Python**: `w2sr predict {name}/ images/ --out restored/` (tiled, any image size), or
+`bioimageio predict` / `bioimageio.core` with this rdf.
+
+## Validation
+
+{validation_md}
+
+## References
+
+{cites}
+"""

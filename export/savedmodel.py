@@ -1,0 +1,393 @@
+"""Frozen-graph TensorFlow SavedModel of the Keras generator, for DeepImageJ's old runtimes.
+
+Why frozen (see docs/toolchain notes): a SavedModel that TensorFlow 2.21 writes with variables
+(Keras ``export``, ``tf.saved_model.save``) fails in TF 1.15 (unknown NodeDef attr ``debug_name``) and
+in TF 2.7 (op ``DisableCopyOnRead``), the runtimes DeepImageJ installs by default. A graph whose
+variables are folded into constants, written with ``tf.compat.v1.saved_model.Builder`` (tag
+``serve``, signature ``serving_default``, input key ``input``, output key ``output``), loads in TF 1.15,
+2.7, 2.10 and 2.21, and in bioimageio.core (its TF2 path needs the dict-returning signature).
+
+The graph is checked against :data:`ALLOWED_OPS`: every op and every (non-internal) attribute must
+be one TensorFlow 1.15 knows. Anything else fails the export loudly, naming the op.
+
+The weights zip holds ``saved_model.pb`` and ``variables/`` at its root (DeepImageJ unpacks it into
+the model folder), with fixed timestamps and sorted entries, so exporting one run twice gives
+byte-identical files. Each weight is stored once (as a graph constant; ``variables/`` is empty).
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from w2sr.errors import UserError
+
+log = logging.getLogger(__name__)
+
+INPUT_KEY = "input"
+OUTPUT_KEY = "output"
+TAG = "serve"
+SIGNATURE_KEY = "serving_default"
+
+#: Ops the frozen graph may contain, each with the NodeDef attributes TensorFlow 1.15 defines for
+#: it (attributes starting with "_" are internal and ignored by every runtime). Default-valued
+#: attributes are stripped before the check (``strip_default_attrs``), which is how TensorFlow keeps
+#: graphs readable by older runtimes; what remains must be in this table.
+ALLOWED_OPS: dict[str, frozenset[str]] = {
+    # graph plumbing
+    "Placeholder": frozenset({"dtype", "shape"}),
+    "Const": frozenset({"dtype", "value"}),
+    "Identity": frozenset({"T"}),
+    "NoOp": frozenset(),
+    # network
+    "Conv2D": frozenset({"T", "strides", "use_cudnn_on_gpu", "padding", "explicit_paddings",
+                         "data_format", "dilations"}),
+    "BiasAdd": frozenset({"T", "data_format"}),
+    "LeakyRelu": frozenset({"T", "alpha"}),
+    "Relu": frozenset({"T"}),
+    "Sigmoid": frozenset({"T"}),
+    "Add": frozenset({"T"}),
+    "AddV2": frozenset({"T"}),
+    "Sub": frozenset({"T"}),
+    "Mul": frozenset({"T"}),
+    "RealDiv": frozenset({"T"}),
+    "Maximum": frozenset({"T"}),
+    "Minimum": frozenset({"T"}),
+    "ConcatV2": frozenset({"N", "T", "Tidx"}),
+    # upsampling (Keras 3 nearest = Tile/Reshape) and shape arithmetic
+    "Reshape": frozenset({"T", "Tshape"}),
+    "Squeeze": frozenset({"T", "squeeze_dims"}),
+    "ExpandDims": frozenset({"T", "Tdim"}),
+    "Tile": frozenset({"T", "Tmultiples"}),
+    "Pack": frozenset({"N", "T", "axis"}),
+    "Shape": frozenset({"T", "out_type"}),
+    "StridedSlice": frozenset({"T", "Index", "begin_mask", "end_mask", "ellipsis_mask",
+                               "new_axis_mask", "shrink_axis_mask"}),
+    "Cast": frozenset({"SrcT", "DstT", "Truncate"}),
+    "Transpose": frozenset({"T", "Tperm"}),
+    "ResizeNearestNeighbor": frozenset({"T", "align_corners", "half_pixel_centers"}),
+    "DepthToSpace": frozenset({"T", "block_size", "data_format"}),
+    "Pad": frozenset({"T", "Tpaddings"}),
+    "MirrorPad": frozenset({"T", "Tpaddings", "mode"}),
+    "Prod": frozenset({"T", "Tidx", "keep_dims"}),
+    "Fill": frozenset({"T", "index_type"}),
+}
+
+#: fixed zip timestamp (the earliest a zip can store): same bytes for the same graph
+ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+@dataclass
+class SavedModelExport:
+    """What :func:`export_savedmodel` wrote."""
+
+    zip_path: Path
+    ops: dict[str, int]            # op type -> count in the frozen graph
+    n_weights: int                 # float values stored as constants
+    n_params: int                  # model.count_params()
+    graph_bytes: int               # size of saved_model.pb
+    attrs_stripped: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# Keras model loading and checks
+
+
+def import_custom_layers() -> None:
+    """Import the project's model package so its serialisable custom layers are registered."""
+    try:
+        importlib.import_module("training.models")
+    except ImportError as exc:  # a model module not written (yet): plain Keras files still load
+        log.debug("training.models not importable (%s); loading without project layers", exc)
+
+
+def load_generator(path: str | Path) -> Any:
+    """Load ``generator.keras`` (no compile); a clear UserError naming the file when it fails."""
+    import keras
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: generator file not found")
+    import_custom_layers()
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # corrupt zip, unknown layer, wrong format
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: cannot load the Keras generator: {first}") from None
+
+
+def check_generator(model: Any, source: str | Path = "model", scale: int = 2) -> None:
+    """The bundle describes a single-channel ``(B,H,W,1) -> (B,scale*H,scale*W,1)`` network: check it.
+
+    Probed with an odd-sized input, so a model that only works for some sizes fails here too.
+    """
+    inputs = getattr(model, "inputs", None) or []
+    outputs = getattr(model, "outputs", None) or []
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise UserError(f"{source}: expected one input and one output, got {len(inputs)} and {len(outputs)}")
+    shape = tuple(inputs[0].shape)
+    if len(shape) != 4 or shape[-1] != 1:
+        raise UserError(f"{source}: expected a single-channel input (B, H, W, 1), got {shape}")
+    probe = np.zeros((1, 13, 17, 1), np.float32)
+    try:
+        out = np.asarray(model(probe, training=False))
+    except Exception as exc:
+        raise UserError(f"{source}: the model does not accept a (1, 13, 17, 1) input: {exc}") from None
+    expected = (1, 13 * scale, 17 * scale, 1)
+    if out.shape != expected:
+        raise UserError(
+            f"{source}: not a single-channel {scale}x model: input (1, 13, 17, 1) gave {out.shape}, "
+            f"expected {expected}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# freezing
+
+
+def freeze_keras_model(model: Any) -> Any:
+    """Keras model -> frozen ``GraphDef`` with placeholder ``input`` and output node ``output``.
+
+    Variables become constants; control dependencies, internal attributes (``_...``) and nodes not
+    needed for the output are dropped.
+    """
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    spec = tf.TensorSpec([None, None, None, 1], tf.float32, name=INPUT_KEY)
+
+    @tf.function(input_signature=[spec], autograph=False)
+    def forward(x):
+        return model(x, training=False)
+
+    frozen = convert_variables_to_constants_v2(forward.get_concrete_function())
+    graph_def = frozen.graph.as_graph_def()
+    in_name = frozen.inputs[0].name.split(":")[0]
+    out_name = frozen.outputs[0].name.split(":")[0]
+    if in_name != INPUT_KEY:
+        raise UserError(f"frozen graph: input placeholder is named '{in_name}', expected '{INPUT_KEY}'")
+    graph_def = tf.compat.v1.graph_util.extract_sub_graph(graph_def, [out_name])
+    names = {n.name for n in graph_def.node}
+    if OUTPUT_KEY in names and OUTPUT_KEY != out_name:
+        raise UserError(f"frozen graph: a node is already called '{OUTPUT_KEY}'")
+    keep = []
+    for node in graph_def.node:
+        if node.op == "NoOp":
+            continue
+        inputs = [i for i in node.input if not i.startswith("^")]
+        node.ClearField("input")
+        node.input.extend(OUTPUT_KEY if i == out_name else i for i in inputs)
+        for key in [k for k in node.attr if k.startswith("_")]:
+            del node.attr[key]
+        if node.name == out_name:
+            node.name = OUTPUT_KEY
+        keep.append(node)
+    graph_def.ClearField("node")
+    graph_def.node.extend(keep)
+    graph_def.ClearField("library")  # no functions left after freezing
+    return graph_def
+
+
+def strip_default_attrs(graph_def: Any) -> list[str]:
+    """Remove attributes that hold their op's default value (what old runtimes may not know)."""
+    from tensorflow.python.framework import op_def_registry
+
+    stripped = []
+    for node in graph_def.node:
+        op_def = op_def_registry.get(node.op)
+        if op_def is None:
+            continue
+        for attr_def in op_def.attr:
+            if attr_def.name in node.attr and attr_def.HasField("default_value"):
+                if node.attr[attr_def.name] == attr_def.default_value:
+                    del node.attr[attr_def.name]
+                    stripped.append(f"{node.op}.{attr_def.name}")
+    return sorted(set(stripped))
+
+
+def check_graph_ops(graph_def: Any, source: str | Path = "frozen graph") -> dict[str, int]:
+    """Op type -> count; UserError naming every op or attribute an old runtime would not know."""
+    counts: dict[str, int] = {}
+    bad_ops: set[str] = set()
+    bad_attrs: set[str] = set()
+    for node in graph_def.node:
+        counts[node.op] = counts.get(node.op, 0) + 1
+        known = ALLOWED_OPS.get(node.op)
+        if known is None:
+            bad_ops.add(node.op)
+            continue
+        for key in node.attr:
+            if not key.startswith("_") and key not in known:
+                bad_attrs.add(f"{node.op}.{key}")
+    if bad_ops or bad_attrs:
+        parts = []
+        if bad_ops:
+            parts.append(f"ops not known to DeepImageJ's TensorFlow 1.15/2.7 runtimes: {sorted(bad_ops)}")
+        if bad_attrs:
+            parts.append(f"attributes those runtimes do not define: {sorted(bad_attrs)}")
+        raise UserError(f"{source}: " + "; ".join(parts) + f" (allowed ops: {sorted(ALLOWED_OPS)})")
+    return dict(sorted(counts.items()))
+
+
+def count_constant_values(graph_def: Any) -> int:
+    """Number of float values stored in Const nodes (the weights, plus a few scalars)."""
+    from tensorflow.core.framework import types_pb2
+
+    total = 0
+    for node in graph_def.node:
+        if node.op == "Const" and node.attr["dtype"].type == types_pb2.DT_FLOAT:
+            dims = [d.size for d in node.attr["value"].tensor.tensor_shape.dim]
+            total += int(np.prod(dims)) if dims else 1
+    return total
+
+
+# --------------------------------------------------------------------------------------------
+# writing and zipping
+
+
+def write_frozen_savedmodel(graph_def: Any, out_dir: Path) -> Path:
+    """Write ``graph_def`` as a TF1-style SavedModel (tag serve, signature serving_default)."""
+    import tensorflow as tf
+
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.import_graph_def(graph_def, name="")
+        x = graph.get_tensor_by_name(f"{INPUT_KEY}:0")
+        y = graph.get_tensor_by_name(f"{OUTPUT_KEY}:0")
+        with tf.compat.v1.Session(graph=graph) as sess:
+            builder = tf.compat.v1.saved_model.Builder(str(out_dir))
+            signature = tf.compat.v1.saved_model.signature_def_utils.predict_signature_def(
+                inputs={INPUT_KEY: x}, outputs={OUTPUT_KEY: y})
+            builder.add_meta_graph_and_variables(
+                sess, [TAG], signature_def_map={SIGNATURE_KEY: signature}, strip_default_attrs=True)
+            builder.save(as_text=False)
+    (out_dir / "variables").mkdir(exist_ok=True)  # empty: every weight is a graph constant
+    return out_dir
+
+
+def deterministic_zip(folder: Path, zip_path: Path, *, exclude: Iterable[str] = ()) -> Path:
+    """Zip ``folder``'s content at the zip root: sorted entries, fixed times and permissions.
+
+    Directories get their own entries (so an empty ``variables/`` survives). ``exclude`` holds
+    top-level names to leave out.
+    """
+    folder, zip_path = Path(folder), Path(zip_path)
+    excluded = set(exclude)
+    entries: list[tuple[str, Path]] = []
+    for path in folder.rglob("*"):
+        rel = path.relative_to(folder)
+        if rel.parts[0] in excluded:
+            continue
+        entries.append((rel.as_posix() + ("/" if path.is_dir() else ""), path))
+    entries.sort(key=lambda e: e[0])
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        for name, path in entries:
+            info = zipfile.ZipInfo(name, date_time=ZIP_DATE_TIME)
+            info.create_system = 3  # unix, so the permission bits below mean the same everywhere
+            if path.is_dir():
+                info.external_attr = (0o40755 << 16) | 0x10
+                info.compress_type = zipfile.ZIP_STORED
+                zf.writestr(info, b"")
+            else:
+                info.external_attr = 0o100644 << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with path.open("rb") as fh:
+                    zf.writestr(info, fh.read(), compresslevel=6)
+    return zip_path
+
+
+def export_savedmodel(model: Any, zip_path: str | Path, *, source: str | Path = "model") -> SavedModelExport:
+    """Freeze ``model``, check its ops, write the SavedModel and zip it to ``zip_path``."""
+    zip_path = Path(zip_path)
+    graph_def = freeze_keras_model(model)
+    stripped = strip_default_attrs(graph_def)
+    ops = check_graph_ops(graph_def, source)
+    n_weights = count_constant_values(graph_def)
+    with tempfile.TemporaryDirectory(prefix="w2sr-savedmodel-") as tmp:
+        sm_dir = write_frozen_savedmodel(graph_def, Path(tmp) / "savedmodel")
+        # re-check what was actually written (the Builder may add nodes of its own)
+        written = load_graph_def(sm_dir)
+        ops = check_graph_ops(written, f"{source} (as written)")
+        graph_bytes = (sm_dir / "saved_model.pb").stat().st_size
+        deterministic_zip(sm_dir, zip_path)
+    log.info("SavedModel: %d ops of %d types, %d weights (%.1f MB graph) -> %s",
+             sum(ops.values()), len(ops), n_weights, graph_bytes / 1e6, zip_path)
+    return SavedModelExport(zip_path=zip_path, ops=ops, n_weights=n_weights,
+                            n_params=int(model.count_params()), graph_bytes=graph_bytes,
+                            attrs_stripped=stripped)
+
+
+# --------------------------------------------------------------------------------------------
+# reading back
+
+
+class _Unzipped:
+    """A SavedModel folder: the folder itself, or a zip extracted to a temporary folder."""
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        if path.is_dir():
+            self.dir = path
+        elif zipfile.is_zipfile(path):
+            self._tmp = tempfile.TemporaryDirectory(prefix="w2sr-savedmodel-")
+            with zipfile.ZipFile(path) as zf:
+                zf.extractall(self._tmp.name)
+            self.dir = Path(self._tmp.name)
+        else:
+            raise UserError(f"{path}: not a SavedModel folder or zip")
+        if not (self.dir / "saved_model.pb").is_file():
+            raise UserError(f"{path}: no saved_model.pb at its top level")
+
+    def cleanup(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def unzip_savedmodel(path: str | Path) -> _Unzipped:
+    return _Unzipped(path)
+
+
+def load_graph_def(path: str | Path) -> Any:
+    """The graph of a SavedModel (folder or zip), loaded with the TF1 loader and tag ``serve``."""
+    import tensorflow as tf
+
+    sm = _Unzipped(path)
+    try:
+        graph = tf.Graph()
+        with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
+            meta = tf.compat.v1.saved_model.loader.load(sess, [TAG], str(sm.dir))
+            sig = meta.signature_def[SIGNATURE_KEY]
+            if set(sig.inputs) != {INPUT_KEY} or set(sig.outputs) != {OUTPUT_KEY}:
+                raise UserError(f"{path}: signature '{SIGNATURE_KEY}' has inputs {list(sig.inputs)} and "
+                                f"outputs {list(sig.outputs)}, expected ['{INPUT_KEY}'] -> ['{OUTPUT_KEY}']")
+            return meta.graph_def
+    finally:
+        sm.cleanup()
+
+
+def run_tf1(path: str | Path, x: np.ndarray) -> np.ndarray:
+    """Run the SavedModel through the TF1 session API, as DeepImageJ's TF 1.15 engine does."""
+    import tensorflow as tf
+
+    sm = _Unzipped(path)
+    try:
+        graph = tf.Graph()
+        with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
+            meta = tf.compat.v1.saved_model.loader.load(sess, [TAG], str(sm.dir))
+            sig = meta.signature_def[SIGNATURE_KEY]
+            return sess.run(sig.outputs[OUTPUT_KEY].name, {sig.inputs[INPUT_KEY].name: np.asarray(x, np.float32)})
+    finally:
+        sm.cleanup()
