@@ -50,6 +50,18 @@ def _kwargs(ops: list, name: str, rdf: Path) -> dict:
     raise UserError(f"{rdf}: expected a '{name}' processing step, found {[o.get('name') for o in ops or []]}")
 
 
+def _output_affine(ops: list, rdf: Path) -> tuple[float, float]:
+    """(gain, offset) of the output's affine post-processing, written either as ``scale_linear`` or
+    as a fixed ``zero_mean_unit_variance`` ((y - m) / (s + eps) = y * gain + offset)."""
+    names = [o.get("name") for o in ops or []]
+    if "scale_linear" in names:
+        kw = _kwargs(ops, "scale_linear", rdf)
+        return float(kw["gain"]), float(kw["offset"])
+    kw = _kwargs(ops, "zero_mean_unit_variance", rdf)
+    denom = float(kw["std"]) + float(kw.get("eps", 1e-6))
+    return 1.0 / denom, -float(kw["mean"]) / denom
+
+
 def read_bundle(path: str | Path) -> BundleInfo:
     """Parse ``path`` (a bundle folder or its rdf.yaml) into a BundleInfo; errors name the file."""
     path = Path(path)
@@ -64,7 +76,7 @@ def read_bundle(path: str | Path) -> BundleInfo:
     try:
         inp, out = doc["inputs"][0], doc["outputs"][0]
         pre = _kwargs(inp.get("preprocessing"), "zero_mean_unit_variance", rdf)
-        post = _kwargs(out.get("postprocessing"), "scale_linear", rdf)
+        post = _output_affine(out.get("postprocessing"), rdf)
         axes = inp["axes"]
         y = axes.index("y")
         min_size = int(inp["shape"]["min"][y])
@@ -82,8 +94,8 @@ def read_bundle(path: str | Path) -> BundleInfo:
             name=str(doc.get("name", root.name)),
             input_mean=float(pre["mean"]),
             input_std=float(pre["std"]),
-            target_mean=float(post["offset"]),
-            target_std=float(post["gain"]),
+            target_mean=post[1],
+            target_std=post[0],
             halo=halo_out // scale,
             min_size=min_size,
             step=step,

@@ -104,6 +104,11 @@ def _f(x: float) -> float:
     return float(f"{float(x):.9g}")
 
 
+def postprocessing_as_zmuv(target_mean: float, target_std: float) -> dict:
+    """``y * gain + offset`` as ``(y - mean) / (std + eps)``: mean = -offset/gain, std = 1/gain - eps."""
+    return {"mean": _f(-float(target_mean) / float(target_std)), "std": _f(1.0 / float(target_std) - EPS), "eps": EPS}
+
+
 def build_rdf(p: RdfParams) -> dict:
     """The format 0.4.10 description, as a plain dict (written with :func:`write_rdf`)."""
     if float(p.target_std) == 1.0 and float(p.target_mean) == 0.0:
@@ -150,12 +155,14 @@ def build_rdf(p: RdfParams) -> dict:
             "data_range": [float("-inf"), float("inf")],
             "shape": {"reference_tensor": "input", "scale": [1, s, s, 1], "offset": [0, 0, 0, 0]},
             "halo": [0, halo_out, halo_out, 0],
-            # axes "xyc", not "xy": one scalar gain/offset for the whole (1-channel) tensor. With "xy"
-            # bioimageio.spec's 0.4 -> 0.5 converter makes a per-channel op that its own 0.5
-            # validation then rejects ("Do not specify an axis for scalar gain and offset values").
+            # The affine map y * target_std + target_mean, written as a fixed zero_mean_unit_variance
+            # (mean = -offset/gain, std = 1/gain - eps): in format 0.4 bioimageio.spec requires `axes`
+            # on every output op, while bioimageio.core 0.11 cannot run a 0.4 scale_linear that has
+            # `axes`, so a scale_linear here cannot pass a plain `bioimageio test rdf.yaml`. DeepImageJ 3
+            # (JDLL) implements zero_mean_unit_variance with mode fixed, as for the input.
             "postprocessing": [{
-                "name": "scale_linear",
-                "kwargs": {"axes": "xyc", "gain": _f(p.target_std), "offset": _f(p.target_mean)},
+                "name": "zero_mean_unit_variance",
+                "kwargs": {"mode": "fixed", "axes": "xy", **postprocessing_as_zmuv(p.target_mean, p.target_std)},
             }],
         }],
         "test_inputs": ["test_input.npy"],
@@ -307,7 +314,7 @@ Keras {exported_with.get('keras')}, tf2onnx {exported_with.get('tf2onnx')}.
 | output | `output` | b, y, x, c (c = 1) | 2 x the input | SIM (target) intensities |
 
 - Preprocessing (`zero_mean_unit_variance`, fixed): `x' = (x - {pre['mean']}) / ({pre['std']} + 1e-6)`.
-- Postprocessing (`scale_linear`): `y = y' * {post['gain']} + {post['offset']}`.
+- Postprocessing (`zero_mean_unit_variance`, fixed, i.e. an affine map back to SIM units): `y = (y' - {post['mean']}) / ({post['std']} + 1e-6)`.
 - Both statistics come from the training run (`training_config.yaml`, `normalization:`); the
   network itself works on the normalised values. Convert 8/16-bit images to 32-bit before the
   preprocessing (the macros here do): integer images would round the normalised values.

@@ -78,8 +78,11 @@ def test_rdf_content_and_bundle_info(exported_bundle):
     doc = _rdf(exported_bundle)
     info = read_bundle(exported_bundle)
     assert doc["format_version"] == "0.4.10"
-    assert (info.input_mean, info.input_std, info.target_mean, info.target_std) == (
-        NORM["input_mean"], NORM["input_std"], NORM["target_mean"], NORM["target_std"])
+    # the output's affine map is stored as a fixed zero_mean_unit_variance: equal up to float rounding
+    assert (info.input_mean, info.input_std, info.target_mean, info.target_std) == pytest.approx((
+        NORM["input_mean"], NORM["input_std"], NORM["target_mean"], NORM["target_std"]), rel=1e-7)
+    post = doc["outputs"][0]["postprocessing"][0]
+    assert post["name"] == "zero_mean_unit_variance" and post["kwargs"]["mode"] == "fixed"
     assert info.scale == 2 and info.halo >= 1
     assert info.min_size > 2 * info.halo  # min must exceed the halo, tiles 2x the halo
     out = doc["outputs"][0]
