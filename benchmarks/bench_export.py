@@ -28,12 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine  # noqa: E402  (benchmarks/machine.py)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -45,31 +46,7 @@ W2S_NORM = dict(input_mean=0.0, input_std=1.0, target_mean=0.1, target_std=1.1)
 
 
 def describe_machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    import keras
-    import onnxruntime
-    import tensorflow as tf
-    import tf2onnx
-
-    return {"cpu": cpu, "cpus_usable": len(os.sched_getaffinity(0)), "memory_gib": mem,
-            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-            "python": platform.python_version(), "platform": platform.platform(),
-            "tensorflow": tf.__version__, "keras": keras.__version__, "tf2onnx": tf2onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "gpu": "none (tensorflow-cpu; onnxruntime CPU provider)"}
+    return machine.describe_machine("numpy", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime")
 
 
 def make_run(kind: str, folder: Path) -> Path:
@@ -140,7 +117,7 @@ def to_markdown(result: dict) -> str:
     m = result["machine"]
     lines = [f"# Export benchmark ({time.strftime('%Y-%m-%d %H:%M', time.localtime(result['started']))})", "",
              f"Machine: {m['cpu']}, {m['cpus_usable']} usable CPUs, {m['memory_gib']} GiB RAM, {m['gpu']}; "
-             f"load average at start {m['load_average_at_start']} (the CPUs are shared: timings are noisy). "
+             f"load average at start {m['load_average']} (the CPUs are shared: timings are noisy). "
              f"Python {m['python']}, TensorFlow {m['tensorflow']}, Keras {m['keras']}, tf2onnx {m['tf2onnx']}, "
              f"ONNX Runtime {m['onnxruntime']}. Random weights (seed 0), z-scored normalisation.", "",
              "## Export", "",

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -38,6 +37,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine  # noqa: E402  (benchmarks/machine.py)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"demo": "demo", "full": "w2s"}
@@ -170,32 +172,7 @@ def build_random_bundle(kind: str, root: Path, halo: int) -> Path:
 # the parent
 # ------------------------------------------------------------------------------------------------
 def describe_machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gib = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem_gib = round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    versions = {}
-    for mod in ("numpy", "onnxruntime", "tensorflow", "tifffile"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - a missing package is just not listed
-            versions[mod] = "not installed"
-    return {
-        "cpu": cpu, "cpus_usable": len(os.sched_getaffinity(0)), "memory_gib": mem_gib,
-        "load_average": [round(x, 2) for x in os.getloadavg()], "python": platform.python_version(),
-        "platform": platform.platform(), **versions,
-    }
+    return machine.describe_machine("numpy", "onnxruntime", "tensorflow", "tifffile")
 
 
 def measure(bundle: Path, runtime: str, size: int, repeats: int, tile: int, threads, workdir: Path,

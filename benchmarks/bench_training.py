@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -25,27 +24,12 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine as _machine  # noqa: E402  (benchmarks/machine.py)
+
 
 def machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError):
-        mem_gb = None
-    info = {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": mem_gb, "python": platform.python_version(),
-            "platform": platform.platform()}
-    try:
-        info["cpu_affinity"] = len(os.sched_getaffinity(0))
-    except AttributeError:
-        pass
-    return info
+    return _machine.describe_machine()
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -158,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.full:
         plan += [("w2s", p, args.full_steps, 1, args.full_batch) for p in args.phases.split(",")]
     info = machine()
-    print(f"machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB, Python {info['python']}")
+    print(f"machine: {info['cpu']}, {info['cpus_usable']} usable cores, {info['memory_gib']} GiB, Python {info['python']}")
     results = []
     for config, phase, steps, warmup, batch in plan:
         print(f"  timing {config} / {phase}: {warmup} warm-up + {steps} steps ...", flush=True)
