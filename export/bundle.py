@@ -182,7 +182,8 @@ def sample_image(src: RunSource, sample: Optional[Path], size: int) -> tuple[np.
             from training.data.layouts import load_pairs
 
             pairs = load_pairs(root, cfg.data.layout, cfg.data.noise_level, cfg.data.channels[:1],
-                               cfg.data.test_fovs[:1], progress=False)
+                               cfg.data.test_fovs[:1], progress=False,
+                               npy_as_counts=cfg.data.npy_as_counts)
             if pairs:
                 return np.asarray(pairs[0].lr, np.float32), f"{pairs[0].lr_source} (test FOV {pairs[0].fov})"
         except Exception as exc:

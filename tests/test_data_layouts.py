@@ -42,7 +42,7 @@ def test_detect_rejects_empty_missing_and_mixed(tmp_path, sets):
 
 def test_npy_pairs_are_the_files_as_float32(sets):
     root = sets["npy"]
-    pairs = load_pairs(root, "auto", 4, channels=[1], fovs=[2, 3])
+    pairs = load_pairs(root, "auto", 4, channels=[1], fovs=[2, 3], npy_as_counts=False)
     assert [(p.name, p.fov, p.channel) for p in pairs] == [("002_1", 2, 1), ("003_1", 3, 1)]
     p = pairs[0]
     assert p.lr_source == root / "avg4" / "002_1.npy" and p.hr_source == root / "sim" / "002_1.npy"
@@ -50,6 +50,18 @@ def test_npy_pairs_are_the_files_as_float32(sets):
     np.testing.assert_array_equal(p.lr, np.load(root / "avg4" / "002_1.npy"))
     np.testing.assert_array_equal(p.hr, np.load(root / "sim" / "002_1.npy"))
     assert p.hr.shape == (64, 64)
+
+
+def test_npy_pairs_come_back_in_camera_counts_by_default(sets):
+    """The normalized release is z-scored with the W2S constants; by default it is read as counts,
+    so a model trained on it (and its bundle) takes raw widefield images."""
+    from training.config import W2S_RAW_MEAN, W2S_RAW_STD
+
+    root = sets["npy"]
+    (p,) = load_pairs(root, "auto", 4, channels=[1], fovs=[2])
+    z = np.load(root / "avg4" / "002_1.npy")
+    np.testing.assert_allclose(p.lr, z * W2S_RAW_STD + W2S_RAW_MEAN, rtol=1e-6)
+    assert 50 < float(p.lr.mean()) < 400  # counts, not z-scores
 
 
 def test_none_means_everything_present(sets):

@@ -28,7 +28,8 @@ def _make_run(tmp_path, resolved=True, save_model=True):
             np.save(data / sub / f"{fov:03d}_0.npy", arr)
     cfg = Config.model_validate({
         "data": {"root": str(data), "layout": "npy", "channels": [0], "train_fovs": [1, 2, 3],
-                 "val_fovs": [3], "test_fovs": [5, 6], "noise_level": 1},
+                 "val_fovs": [3], "test_fovs": [5, 6], "noise_level": 1,
+                 "npy_as_counts": False},  # these arrays are written in their own units
         "normalization": NORM if resolved else {},
         "generator": GeneratorConfig(nb=1, nf=8, gc=4).model_dump(),
     })

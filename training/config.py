@@ -58,6 +58,9 @@ class DataConfig(_Strict):
     #: row/column of patches, "shift" adds one extra patch flush with the far edge.
     unaligned: Literal["crop", "shift"] = "shift"
     augment: bool = True
+    #: the normalized-npy layout is z-scored with the W2S constants: read it back as camera counts,
+    #: so the model (and the bundle) takes raw widefield images. False keeps the z-scored values.
+    npy_as_counts: bool = True
     # (no shuffle buffer: every epoch is an exact permutation of all patches)
     simulate: Optional[SimulatorConfig] = None
 
@@ -143,6 +146,10 @@ class TrainConfig(_Strict):
     gan: PhaseConfig = Field(default_factory=PhaseConfig)
     beta_1: float = 0.9
     beta_2: float = 0.99
+    #: Adam's epsilon, for the generator and discriminator optimizers. ESRGAN/BasicSR train with
+    #: PyTorch's 1e-8; Keras' own default 1e-7 is not negligible next to the second-moment root of
+    #: gradients scaled by the 1e-2 pixel-loss weight, and would damp the early updates.
+    adam_epsilon: float = Field(1e-8, gt=0)
     amsgrad: bool = True
     mixed_precision: bool = False
     strategy: Literal["auto", "default", "mirrored", "multiworker"] = "auto"

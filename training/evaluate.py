@@ -94,7 +94,8 @@ def evaluate_run(run_dir, data_root=None, layout: str = "auto", noise_level: Opt
     fovs = list(cfg.data.test_fovs if fovs is None else fovs)
     channels = list(cfg.data.channels if channels is None else channels)
     # no PNG split restriction: the FOV list selects the images, wherever they are filed
-    pairs = load_pairs(root, layout, noise_level, channels, fovs, split=None, progress=False)
+    pairs = load_pairs(root, layout, noise_level, channels, fovs, split=None, progress=False,
+                       npy_as_counts=cfg.data.npy_as_counts)
     if not pairs:
         raise UserError(f"{root}: no test images for FOVs {fovs}, channels {channels}, avg{noise_level}")
     logger.info("evaluating %s on %d images from %s (%s layout, avg%d)", run_dir, len(pairs),

@@ -20,7 +20,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from training.config import NOISE_LEVELS
+from training.config import NOISE_LEVELS, W2S_RAW_MEAN, W2S_RAW_STD
 from w2sr.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -298,8 +298,14 @@ def load_pairs(
     fovs: Optional[Iterable[int]] = None,
     split: Optional[str] = None,
     progress: bool = True,
+    npy_as_counts: bool = True,
 ) -> list[ImagePair]:
     """Read and check the (LR, SIM) pairs of the requested FOVs and channels.
+
+    ``npy_as_counts``: the normalized-npy release is z-scored with the authors' global constants;
+    undo that (``x * W2S_RAW_STD + W2S_RAW_MEAN``) so images come back in camera counts, like the raw
+    layout. The run's normalisation, and so the exported bundle, then takes raw widefield images,
+    which is what a Fiji user opens.
 
     ``channels``/``fovs`` None = all present. ``split`` ("train"/"test") restricts the PNG layout
     to one folder; otherwise both are searched. Every problem found is collected and raised as one
@@ -323,10 +329,17 @@ def load_pairs(
             problems.append(str(exc))
             continue
         problems.extend(checks.check_arrays(lr, hr, lr_path, hr_path))
+        if layout == "npy" and npy_as_counts:
+            lr, hr = zscore_to_counts(lr), zscore_to_counts(hr)
         pairs.append(ImagePair(f"{fov:03d}_{ch}", fov, ch, lr, hr, lr_path, hr_path))
     checks.raise_problems(problems, root)
     log.info("%s: %d pairs (%s layout, avg%d)", root, len(pairs), layout, noise_level)
     return pairs
+
+
+def zscore_to_counts(image: np.ndarray) -> np.ndarray:
+    """Undo the W2S authors' global z-score: normalized-npy values -> camera counts (float32)."""
+    return (image * np.float32(W2S_RAW_STD) + np.float32(W2S_RAW_MEAN)).astype(np.float32)
 
 
 def load_split(data_cfg, which: str, progress: bool = True) -> list[ImagePair]:
@@ -340,4 +353,4 @@ def load_split(data_cfg, which: str, progress: bool = True) -> list[ImagePair]:
     else:
         raise ValueError(f"unknown split {which!r}")
     return load_pairs(data_cfg.root, data_cfg.layout, data_cfg.noise_level, data_cfg.channels, fovs,
-                      progress=progress)
+                      progress=progress, npy_as_counts=data_cfg.npy_as_counts)
