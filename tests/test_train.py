@@ -1,5 +1,6 @@
 """Two-phase training end to end on the tiny config: artefacts, resume after SIGKILL, refusal to
-overwrite, MirroredStrategy on two logical CPUs, the learning-rate schedule, the VGG start-up check.
+overwrite, MirroredStrategy on two logical CPUs, MultiWorkerMirroredStrategy with two local worker
+processes, the learning-rate schedule, Adam's epsilon, the per-run patch source, the VGG start-up check.
 
 Everything here trains for real (tiny RRDBNet, simulated W2S-like data, a few steps).
 """
@@ -10,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -81,6 +83,94 @@ def test_set_overrides_are_validated():
     assert parse_fovs("81-83,90") == [81, 82, 83, 90]
 
 
+def test_chief_role_from_tf_config(monkeypatch):
+    from training.strategy import will_be_chief
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert will_be_chief("auto") and will_be_chief("multiworker") and will_be_chief("default")
+
+    def tf_config(cluster, task_type, index):
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": task_type, "index": index}}))
+
+    workers = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    tf_config(workers, "worker", 0)
+    assert will_be_chief("auto") and will_be_chief("multiworker")
+    tf_config(workers, "worker", 1)
+    assert not will_be_chief("auto") and not will_be_chief("multiworker")
+    assert will_be_chief("default") and will_be_chief("mirrored")  # these ignore TF_CONFIG
+    with_chief = {"chief": ["127.0.0.1:3"], **workers}
+    tf_config(with_chief, "worker", 0)
+    assert not will_be_chief("auto")
+    tf_config(with_chief, "chief", 0)
+    assert will_be_chief("auto")
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(UserError, match="TF_CONFIG is not valid JSON"):
+        will_be_chief("auto")
+
+
+def test_non_chief_does_not_refuse_the_chiefs_run_folder(tmp_path):
+    from training.train import _prepare_run_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("name: written by the chief a moment ago\n")
+    cfg = load_config(packaged_config("tiny"))
+    with pytest.raises(UserError, match="not empty"):
+        _prepare_run_dir(cfg, run, resume=False)
+    assert _prepare_run_dir(cfg, run, resume=False, writer=False) == (cfg, False)
+    assert [p.name for p in run.iterdir()] == ["config.yaml"]
+
+
+def test_adam_epsilon_reaches_both_optimizers():
+    from training.config import TrainConfig
+    from training.strategy import make_strategy
+    from training.train import Trainer
+
+    assert TrainConfig().adam_epsilon == 1e-8  # PyTorch's (ESRGAN/BasicSR), not Keras' 1e-7
+    assert load_config(packaged_config("w2s")).train.adam_epsilon == 1e-8
+    with pytest.raises(UserError, match="invalid value"):
+        apply_overrides(load_config(packaged_config("tiny")), ["train.adam_epsilon=0"])
+    cfg = tiny_cfg(Path("unused"), "train.adam_epsilon=3e-8", "train.gan.epochs=0")
+    trainer = Trainer(cfg, make_strategy("default"))
+    assert trainer.g_opt.epsilon == pytest.approx(3e-8) and trainer.d_opt.epsilon == pytest.approx(3e-8)
+    mixed = Trainer(apply_overrides(cfg, ["train.mixed_precision=true"]), make_strategy("default"))
+    assert mixed.g_opt.inner_optimizer.epsilon == pytest.approx(3e-8)
+
+
+def test_epoch_dataset_cut_from_one_patch_source(tiny_data):
+    """train.py's epochs from one PatchSource: the same batches as a fresh pipeline, resumable, longer."""
+    from training.data.layouts import load_split
+    from training.data.pipeline import PatchSource, compute_normalization, make_train_dataset
+    from training.train import _epoch_dataset, data_epoch
+
+    cfg = tiny_cfg(tiny_data)
+    pairs = load_split(cfg.data, "train", progress=False)
+    cfg = cfg.model_copy(update={"normalization": compute_normalization(pairs)})
+    gb, seed = cfg.train.global_batch_size, cfg.train.seed
+    source = PatchSource(pairs, cfg.data, cfg.normalization)
+    assert source.batches_per_epoch(gb) == 6  # 27 patches, batches of 4
+
+    def lrs(ds):
+        return np.concatenate([lr.numpy() for lr, _ in ds])
+
+    e = data_epoch(cfg, 1, 0)  # gan epoch 1 continues the data epochs after pretrain
+    assert e == cfg.train.pretrain.epochs
+    one_pass = lrs(_epoch_dataset(source, cfg, 1, 0, steps=6, skip=0))
+    fresh = lrs(make_train_dataset(pairs, cfg.data, cfg.normalization, gb, seed, e))
+    np.testing.assert_array_equal(one_pass, fresh)
+    np.testing.assert_array_equal(lrs(_epoch_dataset(source, cfg, 1, 0, steps=6, skip=2)), one_pass[8:])
+    assert not np.array_equal(lrs(_epoch_dataset(source, cfg, 0, 0, steps=6, skip=0)), one_pass)
+
+    # 14 steps > 6 per pass: passes 2 and 3 are reshuffled with their own seeds
+    long = lrs(_epoch_dataset(source, cfg, 1, 0, steps=14, skip=0))
+    assert long.shape[0] == 14 * gb
+    second = lrs(source.dataset(gb, seed + 7919, e))
+    np.testing.assert_array_equal(long[:24], one_pass)
+    np.testing.assert_array_equal(long[24:48], second)
+    assert not np.array_equal(second, one_pass)
+    np.testing.assert_array_equal(lrs(_epoch_dataset(source, cfg, 1, 0, steps=14, skip=9)), long[36:])
+
+
 def test_refuses_non_empty_run_folder_without_resume(tmp_path, tiny_data):
     from training.train import train
 
@@ -116,19 +206,34 @@ def test_missing_vgg_weights_stop_at_startup(tmp_path):
 # --------------------------------------------------------------------------- a whole run
 
 
-def test_tiny_run_end_to_end(tmp_path, tiny_data):
+def test_tiny_run_end_to_end(tmp_path, tiny_data, monkeypatch):
     import keras
 
     import training.models  # noqa: F401  (custom layers for load_model)
+    from training.data import pipeline
     from training.data.layouts import load_split
     from training.data.pipeline import compute_normalization
     from training.train import train
 
+    calls = {"built": 0, "epochs": []}
+
+    class CountingPatchSource(pipeline.PatchSource):  # the real source, counting its uses
+        def __init__(self, *args, **kwargs):
+            calls["built"] += 1
+            super().__init__(*args, **kwargs)
+
+        def dataset(self, batch_size, seed, epoch):
+            calls["epochs"].append(epoch)
+            return super().dataset(batch_size, seed, epoch)
+
+    monkeypatch.setattr(pipeline, "PatchSource", CountingPatchSource)
     cfg = tiny_cfg(tiny_data, "train.pretrain.epochs=2", "train.pretrain.steps_per_epoch=2",
                    "train.gan.steps_per_epoch=2")
     assert not cfg.normalization.resolved
     run = tmp_path / "run"
     assert train(cfg, run) == run
+    # the images are normalised and stacked once per run; each epoch only cuts its dataset
+    assert calls == {"built": 1, "epochs": [0, 1, 2]}
 
     # resolved config: the statistics measured on the training pairs
     saved = load_config(run / "config.yaml")
@@ -180,6 +285,7 @@ def test_tiny_run_end_to_end(tmp_path, tiny_data):
     from training.train import Trainer
 
     trainer = Trainer(saved, make_strategy("default"), run / "checkpoints")
+    assert trainer.g_opt.epsilon == pytest.approx(1e-8) and saved.train.adam_epsilon == 1e-8
     newest, previous = trainer.manager.checkpoints[-1], trainer.manager.checkpoints[-2]
     Path(newest + ".data-00000-of-00001").write_bytes(b"\0" * 64)
     pos = trainer.restore()
@@ -324,3 +430,98 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path, tiny_data):
     # (Adam's first step is +-lr for all but near-zero gradients, whose sign rounding may flip)
     assert res["max_update"] > 5e-4  # the step did move the weights (lr 1e-3)
     assert res["same_update_fraction"] > 0.999
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+#: failures of the cluster itself (not of this code): the gRPC servers cannot start or reach each other
+_CLUSTER_UNAVAILABLE = re.compile(
+    r".*(Could not start gRPC server|Failed to bind|failed to connect to all addresses).*")
+
+_EPOCH_DONE = re.compile(r"(pretrain|gan) epoch 1/1 done in \S+ \(lr [^)]*\): ([^|]*)\|")
+HANG_S = 150
+
+
+def test_multiworker_strategy_from_tf_config(tmp_path, tiny_data):
+    """Two `w2sr train` worker processes on 127.0.0.1, TF_CONFIG only (train.strategy: auto).
+
+    Phase 1 only, 3 steps with a checkpoint mid-epoch (every worker saves); the GAN step under a
+    distribution strategy is covered by the MirroredStrategy test.
+
+    Worker 0 (the chief) writes the run folder. Worker 1 is pointed at a folder holding an earlier
+    file: it neither refuses it (the chief owns the run folder) nor writes into it, and its own
+    checkpoints go to a temporary folder that is removed.
+    """
+    run = tmp_path / "run"
+    other = tmp_path / "worker1-run-dir"
+    other.mkdir()
+    (other / "earlier.txt").write_text("not the worker's to touch\n")
+    before = (sorted(os.listdir(other)), other.stat().st_mtime_ns)
+    tmpdirs = [tmp_path / f"tmp{i}" for i in range(2)]
+    for d in tmpdirs:
+        d.mkdir()
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    logs = [tmp_path / f"worker{i}.log" for i in range(2)]
+    procs = []
+    try:
+        for i, run_dir in enumerate((run, other)):
+            env = dict(_env(), TMPDIR=str(tmpdirs[i]),
+                       TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
+            with open(logs[i], "w") as fh:
+                procs.append(subprocess.Popen(
+                    [PY, "-m", "w2sr.cli", "train", "--config", "tiny", "--run-dir", str(run_dir),
+                     "--set", f"data.root={tiny_data}", "--set", "train.pretrain.steps_per_epoch=3",
+                     "--set", "train.checkpoint_every_steps=2", "--set", "train.gan.epochs=0"],
+                    stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=tmp_path))
+        # ~25 s on 2 idle cores; the bound only stops a worker left waiting for its peer
+        deadline = time.time() + HANG_S
+        for proc in procs:
+            proc.wait(timeout=max(1.0, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+        pass  # reported below with the logs
+    finally:
+        for proc in procs:  # a worker blocked on its missing peer ignores SIGTERM
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+    out = [log.read_text() for log in logs]
+    codes = [proc.returncode for proc in procs]
+    if codes != [0, 0]:
+        for text in out:
+            m = _CLUSTER_UNAVAILABLE.search(text)
+            if m:
+                pytest.skip(f"TF's multi-worker collectives cannot run on 127.0.0.1 here: {m.group(0).strip()}")
+        raise AssertionError(f"exit codes {codes} (-9: killed after {HANG_S} s)\n"
+                             + "\n".join(f"--- worker {i}:\n{text[-2500:]}" for i, text in enumerate(out)))
+    for text in out:
+        assert "CollectiveAllReduceStrategy with 2 replica(s)" in text, text[-2000:]
+
+    # the chief's run folder is complete
+    assert (run / "DONE").is_file() and (run / "generator.keras").is_file()
+    assert load_config(run / "config.yaml").normalization.resolved
+    assert list((run / "panels").glob("*.png")) and list((run / "checkpoints").glob("ckpt-*.index"))
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
+    rows = read_metrics(run)
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    assert [(r["phase"], int(r["step"])) for r in train_rows] == [("pretrain", 1), ("pretrain", 2), ("pretrain", 3)]
+    for r in train_rows:
+        assert np.isfinite(float(r["loss_g"])) and float(r["loss_g"]) > 0
+    assert [r["phase"] for r in rows if r["kind"] == "val"] == ["pretrain"]
+
+    # both workers trained in step: the same all-reduced epoch losses
+    epochs = [_EPOCH_DONE.findall(text) for text in out]
+    assert [p for p, _ in epochs[0]] == ["pretrain"], out[0][-2000:]
+    assert epochs[0] == epochs[1]
+    # the non-chief wrote nothing into its run folder, and removed its scratch checkpoints
+    assert (sorted(os.listdir(other)), other.stat().st_mtime_ns) == before
+    assert "finished (the chief writes the run folder)" in out[1]
+    assert list(tmpdirs[1].iterdir()) == []

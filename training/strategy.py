@@ -57,19 +57,46 @@ def make_strategy(kind: str = "auto"):
     return strategy
 
 
+def _tf_config() -> dict:
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return {}
+    try:
+        conf = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"TF_CONFIG is not valid JSON ({exc})") from None
+    if not isinstance(conf, dict):
+        raise UserError("TF_CONFIG must be a JSON object with 'cluster' and 'task'")
+    return conf
+
+
+def _is_chief_task(task_type, task_id, cluster: dict) -> bool:
+    """TF's rule: the "chief" task, or worker 0 when the cluster has no chief."""
+    if task_type in (None, "chief"):
+        return True
+    return task_type == "worker" and int(task_id or 0) == 0 and "chief" not in cluster
+
+
+def will_be_chief(kind: str = "auto") -> bool:
+    """``is_chief(make_strategy(kind))``, answered from ``TF_CONFIG`` alone, before TensorFlow starts.
+
+    The run folder is prepared before the strategy exists (MultiWorkerMirroredStrategy must be
+    created before any other TF work), and only the chief may write into it.
+    """
+    if kind == "multiworker" or (kind == "auto" and os.environ.get("TF_CONFIG")):
+        conf = _tf_config()
+        task = conf.get("task") or {}
+        return _is_chief_task(task.get("type"), task.get("index", 0), conf.get("cluster") or {})
+    return True
+
+
 def is_chief(strategy) -> bool:
     """True for the worker that writes checkpoints and reports (always true off a cluster)."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None:
         return True
-    task_type = getattr(resolver, "task_type", None)
-    task_id = getattr(resolver, "task_id", 0) or 0
-    if task_type in (None, "chief"):
-        return True
-    if task_type == "worker" and task_id == 0:
-        cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
-        return "chief" not in cluster
-    return False
+    return _is_chief_task(getattr(resolver, "task_type", None), getattr(resolver, "task_id", 0),
+                          _tf_config().get("cluster") or {})
 
 
 def worker_id(strategy) -> str:

@@ -4,7 +4,8 @@ Phase 1 "pretrain": the generator alone on the pixel loss (weight ``loss.pretrai
 Phase 2 "gan": generator on pixel + perceptual (+ texture) + RaGAN adversarial loss, the VGG-style
 discriminator trained alongside on the RaGAN discriminator loss.
 
-Both use Adam with AMSGrad (beta_1 0.9, beta_2 0.99) and a learning rate of
+Both use Adam with AMSGrad (beta_1 0.9, beta_2 0.99, epsilon ``train.adam_epsilon`` = 1e-8 as in
+ESRGAN/BasicSR, not Keras' 1e-7) and a learning rate of
 ``phase.learning_rate * phase.lr_decay_per_epoch ** epoch`` (halved after every epoch by default);
 generator and discriminator have their own optimizers.
 
@@ -62,12 +63,6 @@ def data_epoch(cfg: Config, phase_index: int, epoch: int) -> int:
     return epoch if phase_index == 0 else cfg.train.pretrain.epochs + epoch
 
 
-def patches_per_pass(pairs, cfg: Config) -> int:
-    from training.data.pipeline import count_patches
-
-    return count_patches(pairs, cfg.data)
-
-
 def steps_per_epoch(phase: PhaseConfig, n_patches: int, global_batch: int, phase_name: str) -> int:
     """Configured steps, or one pass over all training patches (``drop_remainder``)."""
     if phase.steps_per_epoch:
@@ -117,11 +112,17 @@ def _config_differences(a: Config, b: Config, prefix: str = "") -> list[str]:
     return out
 
 
-def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> tuple[Config, bool]:
-    """Refuse to overwrite a run; on resume, return the run's own config. -> (cfg, resuming)."""
+def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, writer: bool = True) -> tuple[Config, bool]:
+    """Refuse to overwrite a run; on resume, return the run's own config. -> (cfg, resuming).
+
+    Reads only. ``writer=False`` (a non-chief worker of a cluster, which never writes the run
+    folder) skips the refusal of a non-empty folder: the chief may already have started filling it.
+    """
     non_empty = run_dir.exists() and any(run_dir.iterdir())
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"run folder {run_dir} is a file, not a folder")
+    if not resume and not writer:
+        return cfg, False
     if not resume:
         if non_empty:
             raise UserError(
@@ -200,28 +201,26 @@ def _resolve_normalization(cfg: Config, train_pairs) -> Config:
     return new
 
 
-def _epoch_dataset(train_pairs, cfg: Config, phase_index: int, epoch: int, steps: int, skip: int):
-    """The batches of one epoch, deterministic for (seed, epoch), without the first ``skip``."""
+def _epoch_dataset(source, cfg: Config, phase_index: int, epoch: int, steps: int, skip: int):
+    """The batches of one epoch, deterministic for (seed, epoch), without the first ``skip``.
+
+    ``source`` is the run's one ``PatchSource`` (images normalised and stacked once per run); each
+    call only builds the epoch's patch order and the tf.data graph around the shared tensors.
+    """
     import tensorflow as tf
 
-    from training.data.pipeline import make_train_dataset
-
-    norm = cfg.normalization
     gb = cfg.train.global_batch_size
     e = data_epoch(cfg, phase_index, epoch)
-    ds = make_train_dataset(train_pairs, cfg.data, norm, gb, cfg.train.seed, e)
-    card = int(ds.cardinality())
-    if 0 <= card < steps:
-        if card == 0:
-            raise UserError(
-                f"the training data give no complete batch of {gb} patches; lower train.global_batch_size"
-            )
+    card = source.batches_per_epoch(gb)
+    if card == 0:
+        raise UserError(
+            f"the training data give no complete batch of {gb} patches; lower train.global_batch_size"
+        )
+    ds = source.dataset(gb, cfg.train.seed, e)
+    if card < steps:
         # one pass is shorter than the epoch: chain further passes, each with its own seed
-        passes = [ds]
         for k in range(1, math.ceil(steps / card)):
-            passes.append(make_train_dataset(train_pairs, cfg.data, norm, gb, cfg.train.seed + 7919 * k, e))
-        for extra in passes[1:]:
-            ds = ds.concatenate(extra)
+            ds = ds.concatenate(source.dataset(gb, cfg.train.seed + 7919 * k, e))
     ds = ds.take(steps).skip(skip)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -284,7 +283,8 @@ class Trainer:
         import keras
 
         t = self.cfg.train
-        opt = keras.optimizers.Adam(learning_rate=lr, beta_1=t.beta_1, beta_2=t.beta_2, amsgrad=t.amsgrad)
+        opt = keras.optimizers.Adam(learning_rate=lr, beta_1=t.beta_1, beta_2=t.beta_2,
+                                    epsilon=t.adam_epsilon, amsgrad=t.amsgrad)
         if t.mixed_precision:
             opt = keras.optimizers.LossScaleOptimizer(opt)
         return opt
@@ -390,9 +390,18 @@ class Trainer:
         # numbered by the checkpoint's own save counter: a name is never rewritten in place
         return self.manager.save()
 
-    def restore(self) -> Optional[Position]:
-        """Restore the newest readable checkpoint; fall back to older ones if it is damaged."""
-        candidates = list(reversed(self.manager.checkpoints))
+    def restore(self, directory: Optional[Path] = None) -> Optional[Position]:
+        """Restore the newest readable checkpoint; fall back to older ones if it is damaged.
+
+        ``directory``: read the checkpoints there instead of this trainer's own folder (a non-chief
+        worker resumes from the chief's checkpoints but saves into its own scratch folder).
+        """
+        if directory is None:
+            candidates, where = list(reversed(self.manager.checkpoints)), self.manager.directory
+        else:
+            state = self.tf.train.get_checkpoint_state(str(directory))
+            candidates = list(reversed(state.all_model_checkpoint_paths)) if state else []
+            where = directory
         for path in candidates:
             try:
                 self.checkpoint.restore(path).assert_existing_objects_matched()
@@ -406,7 +415,7 @@ class Trainer:
                      pos.global_step)
             return pos
         if candidates:
-            raise UserError(f"no readable checkpoint in {self.manager.directory}")
+            raise UserError(f"no readable checkpoint in {where}")
         return None
 
     # -- inference and export ------------------------------------------------------------------
@@ -473,8 +482,11 @@ def _fmt_duration(seconds: float) -> str:
 
 def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
     """Train both phases into ``run_dir`` (see the module docstring); returns ``run_dir``."""
+    from training.strategy import will_be_chief
+
     run_dir = Path(run_dir)
-    cfg, resuming = _prepare_run_dir(cfg, run_dir, resume)
+    # only the chief writes the run folder; its role is known from TF_CONFIG before TF starts
+    cfg, resuming = _prepare_run_dir(cfg, run_dir, resume, writer=will_be_chief(cfg.train.strategy))
     if resuming and (run_dir / DONE_NAME).exists():
         log.info("%s already holds a finished run (DONE); nothing to do", run_dir)
         return run_dir
@@ -487,8 +499,13 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
 
     train_pairs, val_pairs = _load_data(cfg)
     cfg = _resolve_normalization(cfg, train_pairs)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, run_dir / CONFIG_NAME)
+    writer = will_be_chief(cfg.train.strategy)  # (on resume: the run's own strategy setting)
+    if writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, run_dir / CONFIG_NAME)
+
+    import shutil
+    import tempfile
 
     import keras
     import tensorflow as tf
@@ -505,9 +522,17 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
         if not tf.config.list_logical_devices("GPU"):
             log.warning("train.mixed_precision on a CPU: float16 is slow here; it is meant for GPUs")
         keras.mixed_precision.set_global_policy("mixed_float16")
+    scratch = None  # a non-chief's own checkpoint folder, outside the run folder
     try:
         chief = is_chief(strategy)
-        ckpt_dir = run_dir / CHECKPOINT_DIR if chief else run_dir / f".worker-{worker_id(strategy)}"
+        if chief != writer:
+            raise RuntimeError(f"TF_CONFIG says chief={writer} but the strategy says chief={chief}")
+        if chief:
+            ckpt_dir = run_dir / CHECKPOINT_DIR
+        else:
+            # every worker must save (the save is a collective step), but only the chief's
+            # checkpoints are kept: the others write into a temporary folder, removed at the end
+            scratch = ckpt_dir = Path(tempfile.mkdtemp(prefix=f"w2sr-{worker_id(strategy)}-ckpt-"))
         gb = cfg.train.global_batch_size
         if gb % strategy.num_replicas_in_sync:
             raise UserError(
@@ -519,12 +544,19 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
                  cfg.generator.name, f"{n_params:,}", cfg.discriminator.name,
                  f"{trainer.discriminator.count_params():,}")
 
-        pos = trainer.restore() if resuming else None
+        # on resume every worker restores the chief's checkpoint (run_dir on a shared file system)
+        restore_dir = run_dir / CHECKPOINT_DIR
+        pos = trainer.restore(None if chief else restore_dir) if resuming else None
         if resuming and pos is None:
-            log.info("no checkpoint in %s yet: training from the start", ckpt_dir)
+            log.info("no checkpoint in %s yet: training from the start", restore_dir)
         pos = pos or Position()
 
-        n_patches = patches_per_pass(train_pairs, cfg)
+        from training.data.pipeline import PatchSource
+
+        # normalise and stack the training images once for the whole run (not once per epoch)
+        source = PatchSource(train_pairs, cfg.data, cfg.normalization)
+        del train_pairs  # the raw training images are no longer needed (source holds them normalised)
+        n_patches = source.n_patches
         steps = {p: steps_per_epoch(phase_config(cfg, p), n_patches, gb, p) for p in PHASES}
         total = total_steps(cfg, steps)
         log.info("%d training patches per pass; %s", n_patches, ", ".join(
@@ -543,7 +575,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
                     log.info("metrics.csv: dropped %d rows logged after the checkpoint (re-run now)", removed)
             metrics_log.ensure_header()
 
-        _run_loop(cfg, trainer, train_pairs, val_pairs, pos, steps, total, run_dir,
+        _run_loop(cfg, trainer, source, val_pairs, pos, steps, total, run_dir,
                   metrics_log, tb, chief, resuming)
         tb.close()
         if chief:
@@ -553,15 +585,15 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
             atomic_write_text(run_dir / DONE_NAME, time.strftime("%Y-%m-%d %H:%M:%S\n"))
             log.info("training finished: %s (generator.keras, metrics.csv, panels/, loss_curves.png)", run_dir)
         else:
-            import shutil
-
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
+            log.info("worker %s finished (the chief writes the run folder)", worker_id(strategy))
     finally:
         keras.mixed_precision.set_global_policy(policy)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     return run_dir
 
 
-def _run_loop(cfg, trainer: Trainer, train_pairs, val_pairs, pos: Position, steps, total, run_dir,
+def _run_loop(cfg, trainer: Trainer, source, val_pairs, pos: Position, steps, total, run_dir,
               metrics_log, tb, chief: bool, resuming: bool) -> None:
     from training import reporting
 
@@ -588,7 +620,7 @@ def _run_loop(cfg, trainer: Trainer, train_pairs, val_pairs, pos: Position, step
             skip = pos.epoch_step
             if skip:
                 log.info("skipping the %d batches of epoch %d already trained", skip, epoch + 1)
-            ds = _epoch_dataset(train_pairs, cfg, phase_index, epoch, n_steps, skip)
+            ds = _epoch_dataset(source, cfg, phase_index, epoch, n_steps, skip)
             dist = trainer.strategy.experimental_distribute_dataset(ds)
             bar = reporting.ProgressBar(n_steps, skip, f"{phase} {epoch + 1}/{pcfg.epochs}", enabled=chief)
             t_epoch = time.perf_counter()
