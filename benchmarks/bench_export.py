@@ -21,7 +21,8 @@ several minutes, so its defaults are fewer repeats (``--full-repeats``) and ``--
     .venv/bin/python benchmarks/bench_export.py --models demo --repeats 5
     .venv/bin/python benchmarks/bench_export.py --full-export full --full-repeats 3
 
-Writes a Markdown table to stdout and ``--out`` (.md and .json side by side).
+Writes a Markdown table to stdout and ``--out`` (.md and .json side by side); the figures of the
+last run here are in benchmarks/results/bench_export_{demo,full}.md.
 """
 from __future__ import annotations
 

@@ -3,8 +3,8 @@
 Everything is built in a staging folder beside ``out``, validated (``bioimageio test`` of every
 weight format, parity matrix, odd sizes, halo), documented, packaged, and only then moved into
 place (``training.io.atomic_replace_dir``). A failure anywhere leaves ``out`` as it was. An existing
-``out`` is replaced only if it is a bundle this exporter wrote (rdf.yaml with ``config.w2sr``) and
-``force`` is given; any other non-empty folder is refused.
+``out`` is replaced only if it is a bundle this exporter wrote (rdf.yaml with ``config.w2sr``): of
+the same model name (an update), or of another with ``force``. Any other non-empty folder is refused.
 
 Layout written (see docs/ARCHITECTURE.md)::
 
@@ -98,8 +98,13 @@ def is_our_bundle(path: Path) -> bool:
     return isinstance(doc, dict) and isinstance((doc.get("config") or {}).get(MARKER_KEY), dict)
 
 
-def check_out(out: Path, force: bool) -> None:
-    """Refuse a target that is not ours; refuse to replace our own bundle without ``force``."""
+def check_out(out: Path, force: bool, name: Optional[str] = None) -> None:
+    """May ``out`` receive a bundle named ``name``?
+
+    Never over a folder that is not a w2sr bundle (``--force`` or not). An existing w2sr bundle of
+    the same model name is an update and is replaced (after the new one validated); one of another
+    model name is replaced only with ``force``.
+    """
     if not out.exists():
         return
     if not out.is_dir():
@@ -109,9 +114,10 @@ def check_out(out: Path, force: bool) -> None:
     if not is_our_bundle(out):
         raise UserError(f"{out}: exists and is not a w2sr bundle (no rdf.yaml written by w2sr export); "
                         f"refusing to overwrite it - choose another --out")
-    if not force:
-        raise UserError(f"{out}: a bundle already exists; pass --force to replace it (it is replaced only "
-                        f"after the new one has been validated)")
+    old_name = (yaml.safe_load((out / "rdf.yaml").read_text()) or {}).get("name")
+    if name is not None and old_name != name and not force:
+        raise UserError(f"{out}: holds the bundle of another model ('{old_name}', not '{name}'); pass --force "
+                        f"to replace it (it is replaced only after the new one has been validated)")
 
 
 def safe_name(name: str) -> str:
@@ -416,7 +422,8 @@ def export_bundle(source: str | Path, out: str | Path, *, config: Optional[str |
 
     ``source``: a run folder (generator.keras + config.yaml), or a .keras file with ``config``.
     ``name``: the model name (rdf name, package file names); default the config's ``name``.
-    ``force``: replace an existing bundle written by this exporter (never any other folder).
+    ``force``: replace an existing bundle of ANOTHER model name (one of the same name is updated
+    anyway; a folder that is not a w2sr bundle is never replaced).
     ``sample``: 2D image (tif/npy/png) for the test tensors, cover and halo; default a test FOV of
     the run's data, else a simulated image. ``halo``: skip the measurement and use this value
     (input px; it is still checked). ``step``: size step of the input (1: any size >= min).
@@ -435,11 +442,11 @@ def export_bundle(source: str | Path, out: str | Path, *, config: Optional[str |
     t_start = time.perf_counter()
     out = Path(out)
     src = resolve_source(source, config)
-    check_out(out, force)
     cfg = src.cfg
     norm = cfg.normalization
     name = name or cfg.name
     fname = safe_name(name)
+    check_out(out, force, name)
     log.info("exporting %s (config %s) -> %s as '%s'", src.keras_path, src.config_path, out, name)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -594,7 +601,9 @@ def export_bundle(source: str | Path, out: str | Path, *, config: Optional[str |
 
         # 9. into place -----------------------------------------------------------------------------
         _share_permissions(stage)
-        check_out(out, force)
+        check_out(out, force, name)
+        if out.exists() and any(out.iterdir()):
+            log.info("replacing the existing bundle in %s", out)
         atomic_replace_dir(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)

@@ -49,8 +49,9 @@ def register(subparsers) -> None:
             "Examples:\n"
             "  w2sr export runs/demo --out bundle/\n"
             "  w2sr export runs/demo/generator.keras --config runs/demo/config.yaml --out bundle/ --force\n"
-            "An existing --out is replaced only if it is a bundle written by 'w2sr export' and --force is given;\n"
-            "any other non-empty folder is refused. Takes about a minute for a small model (most of it\n"
+            "An existing --out is replaced (only after the new bundle validated) if it is a bundle written by\n"
+            "'w2sr export' of the same model name, or of another name with --force; any other non-empty folder\n"
+            "is refused. Takes about a minute for a small model (most of it\n"
             "'bioimageio test'); the full 23-block model takes several minutes on a CPU."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -64,7 +65,8 @@ def register(subparsers) -> None:
     p.add_argument("--name", default=None,
                    help="model name in the rdf and the package file names (default: the config's name)")
     p.add_argument("--force", action="store_true",
-                   help="replace an existing bundle written by w2sr export (after the new one validated)")
+                   help="replace an existing bundle of another model name (a bundle of the same name is "
+                        "updated anyway; a folder that is not a w2sr bundle is never replaced)")
     p.add_argument("--sample", type=Path, default=None, metavar="IMAGE",
                    help="2D image (tif/npy/png, raw units) for the test tensors, cover and halo measurement "
                         "(default: a test FOV of the run's data, else a simulated image)")

@@ -111,9 +111,6 @@ def postprocessing_as_zmuv(target_mean: float, target_std: float) -> dict:
 
 def build_rdf(p: RdfParams) -> dict:
     """The format 0.4.10 description, as a plain dict (written with :func:`write_rdf`)."""
-    if float(p.target_std) == 1.0 and float(p.target_mean) == 0.0:
-        raise UserError("normalisation: target_std 1 and target_mean 0 make scale_linear a no-op, "
-                        "which the rdf format rejects")
     if p.min_size <= 2 * p.halo:
         raise UserError(f"min input size {p.min_size} must exceed 2 x halo ({2 * p.halo})")
     h, w = p.test_shape

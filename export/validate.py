@@ -239,15 +239,19 @@ def _mirror_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return image[np.ix_(reflect_indices(shape[0], h), reflect_indices(shape[1], w))]
 
 
-def _as_dtype(image: np.ndarray, dtype: str) -> tuple[np.ndarray, str]:
+def _as_dtype(image: np.ndarray, dtype: str) -> tuple[Optional[np.ndarray], str]:
+    """The raw image as a user's ``dtype`` file would hold it: rounded and clipped to the type's
+    range (no rescaling: a rescaled image would be out of the model's input distribution, and the
+    halo is only valid in distribution). None (with the reason) when nothing usable is left."""
     if dtype == "float32":
         return image.astype(np.float32), ""
     top = float(np.iinfo(dtype).max)
-    lo, hi = float(image.min()), float(image.max())
-    if lo >= 0 and hi <= top:
-        return np.rint(image).astype(dtype), ""
-    scaled = (image - lo) / max(hi - lo, 1e-12) * 0.9 * top
-    return np.rint(scaled).astype(dtype), f"raw range [{lo:.3g}, {hi:.3g}] mapped to [0, {0.9 * top:.0f}]"
+    out = np.clip(np.rint(image), 0, top).astype(dtype)
+    clipped = float(np.mean((image < -0.5) | (image > top + 0.5)))
+    if out.std() == 0:
+        return None, f"{dtype}: raw range [{image.min():.3g}, {image.max():.3g}] leaves a constant image; skipped"
+    note = f"{dtype}: {clipped:.1%} of the pixels clipped to [0, {top:.0f}]" if clipped else ""
+    return out, note
 
 
 def _machine() -> dict:
@@ -369,7 +373,9 @@ def size_checks(info: Any, keras_path: Optional[Path], sizes: Sequence[tuple[int
         for dtype in dtypes:
             image, note = _as_dtype(base, dtype)
             if note:
-                notes.append(f"{dtype}: {note}")
+                notes.append(note)
+            if image is None:
+                continue
             x = preprocess(image, info.input_mean, info.input_std)
             # reference: the whole image in one call, on the canvas the rdf requires (mirror-padded
             # to a valid size; with step 1 and a size >= min that is the image itself)

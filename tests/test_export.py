@@ -221,8 +221,14 @@ def test_too_small_halo_fails_the_tolerance(exported_bundle):
 def test_exporting_twice_gives_identical_weights(exported_bundle, tiny_run, tmp_path):
     from export.bundle import export_bundle
 
+    import shutil
+
+    # exported over a copy of the first bundle: same model name, so the old bundle is replaced
+    shutil.copytree(exported_bundle, tmp_path / "again")
+    (tmp_path / "again" / "stale.txt").write_text("from the old bundle")
     again = export_bundle(tiny_run, tmp_path / "again", name="w2sr-tiny-test", bioimageio=False,
                           measure=False, odd_sizes=())
+    assert again == tmp_path / "again" and not (again / "stale.txt").exists()
     for f in ("tf_saved_model.zip", "weights.onnx", "test_input.npy", "test_output.npy"):
         assert _sha(again / f) == _sha(exported_bundle / f), f
     assert _rdf(again)["weights"] == _rdf(exported_bundle)["weights"]
@@ -241,19 +247,21 @@ def test_refuses_to_overwrite_a_folder_that_is_not_a_bundle(tiny_run, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["precious"]  # no staging left behind
 
 
-def test_existing_bundle_needs_force_and_survives_a_failed_export(exported_bundle, tiny_run, tmp_path):
-    """A bundle is replaced only with --force and only by a validated one: halo 0 fails validation."""
+def test_existing_bundle_is_replaced_only_by_a_validated_one(exported_bundle, tiny_run, tmp_path):
+    """Another model's bundle needs --force; the same model's is updated, but only by a bundle that
+    validated: halo 0 fails the tiled-vs-whole check and leaves the old bundle untouched."""
+    import shutil
+
     from export.bundle import export_bundle
 
     out = tmp_path / "bundle"
-    import shutil
-
     shutil.copytree(exported_bundle, out)
     before = {p.relative_to(out): _sha(p) for p in out.rglob("*") if p.is_file()}
-    with pytest.raises(UserError, match="--force"):
-        export_bundle(tiny_run, out, bioimageio=False, measure=False, odd_sizes=())
-    with pytest.raises(UserError, match="failed validation"):
-        export_bundle(tiny_run, out, force=True, halo=0, bioimageio=False, measure=False, odd_sizes=())
+    with pytest.raises(UserError, match="another model.*--force"):
+        export_bundle(tiny_run, out, name="other-model", bioimageio=False, measure=False, odd_sizes=())
+    for kw in ({"name": "w2sr-tiny-test"}, {"name": "other-model", "force": True}):
+        with pytest.raises(UserError, match="failed validation"):
+            export_bundle(tiny_run, out, halo=0, bioimageio=False, measure=False, odd_sizes=(), **kw)
     after = {p.relative_to(out): _sha(p) for p in out.rglob("*") if p.is_file()}
     assert after == before
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]

@@ -130,3 +130,19 @@ def test_runtimes_agree_on_a_batch_of_odd_tiles(exported_bundle):
     np.testing.assert_allclose(o, k, atol=1e-4)
     with pytest.raises(ValueError, match=r"\(B, H, W, 1\)"):
         OnnxRuntime(info.onnx_path).predict(x[..., 0])
+
+
+@pytest.mark.engines
+@pytest.mark.parametrize("engine", ["tf1.15", "ort1.13"])
+def test_old_runtime_rows_are_included(exported_bundle, engine):
+    """The hook into export.engines: DeepImageJ's TF 1.15 / ONNX Runtime 1.13.1 load the bundle."""
+    from export import engines
+    from export.validate import validate_bundle
+
+    env = engines.default_cache_dir() / engine
+    if not (env / engines.MARKER).is_file():
+        pytest.skip(f"engine environment {engine} not built in {env.parent} (run `w2sr check-engines` once)")
+    rep = validate_bundle(exported_bundle, bioimageio=False, sizes=(), packages=False, engines=[engine])
+    assert rep.engines and all(e["engine"] == engine for e in rep.engines)
+    assert all(e["status"] == "passed" for e in rep.engines if e.get("required", True)), rep.engines
+    assert rep.ok, rep.failures
