@@ -1,7 +1,8 @@
 """The bundle's pre- and post-processing, in numpy, exactly as the rdf declares them.
 
 Pre: ``zero_mean_unit_variance`` with fixed mean/std, ``(x - mean) / (std + eps)``.
-Post: ``scale_linear``, ``gain * y + offset`` with gain = target_std, offset = target_mean.
+Post: the affine map ``gain * y + offset`` with gain = target_std, offset = target_mean (in the rdf a
+fixed ``zero_mean_unit_variance`` with mean = -offset/gain, std = 1/gain - eps; see export/rdf.py).
 Both are ops DeepImageJ 3 (JDLL) implements; training applies the same two functions to its data,
 so Python, the bundle and Fiji see one normalisation.
 """
