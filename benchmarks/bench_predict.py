@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -49,15 +48,10 @@ CONFIGS = {"demo": "demo", "full": "w2s"}
 # the child: one measurement
 # ------------------------------------------------------------------------------------------------
 def _rss_mib() -> float:
-    """Peak RSS of this process image, MiB. VmHWM, not ru_maxrss: on Linux ru_maxrss survives exec and
-    starts at the parent's RSS, which would hide a child smaller than its parent."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """Peak RSS of this process image, MiB (the project's one VmHWM reader)."""
+    from export.runtimes import peak_rss_mb
+
+    return peak_rss_mb()
 
 
 def child(args: argparse.Namespace) -> None:

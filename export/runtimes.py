@@ -246,7 +246,7 @@ class Measurement:
     baseline_rss_mb: float   # after imports, before loading the model
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
     """Peak RSS of this process image in MiB: VmHWM (ru_maxrss survives exec on Linux and would
     start at the parent's RSS), falling back to ru_maxrss elsewhere."""
     try:
@@ -269,7 +269,7 @@ def _measure_here(kind: str, path: Path, size: int, repeats: int, threads: Optio
             tf.config.threading.set_inter_op_parallelism_threads(1)
     else:
         import onnxruntime  # noqa: F401
-    base = _peak_rss_mb()
+    base = peak_rss_mb()
     t0 = time.perf_counter()
     if kind == "keras":
         rt: Any = KerasRuntime(path)
@@ -291,7 +291,7 @@ def _measure_here(kind: str, path: Path, size: int, repeats: int, threads: Optio
         times.append(time.perf_counter() - t0)
     return Measurement(runtime=kind, name=rt.name, size=size, repeats=repeats, load_s=load_s,
                        first_s=first, median_s=float(np.median(times)) if times else first,
-                       times_s=times, peak_rss_mb=_peak_rss_mb(), baseline_rss_mb=base)
+                       times_s=times, peak_rss_mb=peak_rss_mb(), baseline_rss_mb=base)
 
 
 def measure_in_subprocess(kind: str, path: str | Path, size: int, repeats: int = 3,
