@@ -38,6 +38,9 @@ FIJI_MACROS_DIR = PROJECT_ROOT / "fiji_macros"
 MARKER_KEY = "w2sr"  # config.w2sr in rdf.yaml marks a bundle this exporter wrote
 #: files the rdf names or that belong to the bundle (anything else in a staged folder is a bug)
 SCALE = 2
+#: DeepImageJ's tile side (input px) unless ``--tile`` says otherwise: the full model's peak memory
+#: for one tile stays under 4 GB in DeepImageJ's engines (README, "Memory in DeepImageJ")
+DEFAULT_TILE = 512
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,9 +205,9 @@ def sample_image(src: RunSource, sample: Optional[Path], size: int) -> tuple[np.
 def center_crop(img: np.ndarray, size: int) -> np.ndarray:
     h, w = img.shape
     if h < size or w < size:
-        from export.tiling import reflect_indices
+        from export.tiling import mirror_indices
 
-        img = img[np.ix_(reflect_indices(max(h, size), h), reflect_indices(max(w, size), w))]
+        img = img[np.ix_(mirror_indices(max(h, size), h), mirror_indices(max(w, size), w))]
         h, w = img.shape
     y0, x0 = (h - size) // 2, (w - size) // 2
     return np.ascontiguousarray(img[y0:y0 + size, x0:x0 + size])
@@ -249,6 +252,7 @@ class HaloMeasurement:
     candidates: list = field(default_factory=list)   # (halo, max diff in crops, ok)
     converged: bool = True
     seconds: float = 0.0
+    generator_halo: Optional[int] = None  # measured on the generator itself (before the graph padding)
 
 
 def _crop_check(predict: Callable, x: np.ndarray, ref: np.ndarray, post: Callable, h: int, core: int,
@@ -363,6 +367,56 @@ def measure_halo(predict: Callable, x: np.ndarray, post: Callable, *, core: int 
                            converged=converged and good, seconds=round(time.perf_counter() - t0, 1))
 
 
+def deepimagej_max_diff(predict: Callable, x: np.ndarray, ref: np.ndarray, post: Callable, halo: int,
+                        tile: int) -> tuple[float, bool]:
+    """DeepImageJ 3.1's tiling (``export.jdll``: tiles of ``tile`` px mirror-padded by ``halo``) of the
+    normalised image ``x`` vs the whole-image output ``ref`` (postprocessed)."""
+    from export import jdll
+    from export.validate import zoo_close
+
+    axis = jdll.JdllAxis(min=tile, step=0, halo=halo, scale=float(SCALE), out_halo=SCALE * halo)
+    model = jdll.JdllModel(axes="byxc", y=axis, x=axis, tiling=True, preprocessing=[], postprocessing=[])
+    d, ok, _ = zoo_close(post(jdll.predict(model, predict, x)), ref)
+    return d, ok
+
+
+def fit_padding(model: Any, zip_path: Path, source: Path, hm: HaloMeasurement, x: np.ndarray, post: Callable,
+                *, tile: int, fixed: bool = False, tries: int = 4) -> tuple[Any, HaloMeasurement]:
+    """Export the SavedModel with in-graph symmetric padding = halo, and make sure that halo holds.
+
+    The halo measured on the generator (zeros beyond a tile) is a lower bound: inside the padded graph
+    a tile's border sees mirrored pixels instead, and the graph's own padding must outreach the
+    network's context too. So start with a margin (+25 %, at least 2 px) and check on ``x`` (the
+    normalised measurement crop) that DeepImageJ's tiling and ``w2sr predict``'s tiling both
+    reproduce the whole image; grow by 25 % while they do not. ``fixed``: the halo was given: check
+    it as it is, no margin, no growth."""
+    from export.runtimes import SavedModelRuntime
+    from export.savedmodel import export_savedmodel
+
+    h = hm.halo if fixed or hm.halo == 0 else hm.halo + max(2, -(-hm.halo // 4))
+    side = min(x.shape)
+    for attempt in range(1 if fixed else tries):
+        if tile <= 2 * h:
+            raise UserError(f"--tile {tile} must exceed twice the halo ({2 * h} px)")
+        sm = export_savedmodel(model, zip_path, source=source, padding=h)
+        rt = SavedModelRuntime(zip_path)
+        ref = post(rt.predict(x[None, :, :, None])[0, :, :, 0])
+        d_dij, ok_dij = deepimagej_max_diff(rt.predict, x, ref, post, h, min(tile, side))
+        d_tiled, ok_tiled = tiled_max_diff(rt.predict, x, ref, post, h, min(2 * h + 16, side))
+        log.info("graph padding %d px: DeepImageJ tiling max diff %.3g (%s), w2sr tiling %.3g (%s)",
+                 h, d_dij, "ok" if ok_dij else "FAIL", d_tiled, "ok" if ok_tiled else "FAIL")
+        if ok_dij and ok_tiled:
+            break
+        if not fixed and attempt + 1 < tries:
+            h = -(-5 * h // 4) + 1
+    else:
+        raise UserError(f"{source}: no halo up to {h} px reproduces the whole image in DeepImageJ's tiles "
+                        f"(max diff {max(d_dij, d_tiled):.3g}); measure on a larger sample or pass --halo")
+    hm = HaloMeasurement(**{**asdict(hm), "halo": h, "max_diff": max(d_dij, d_tiled), "converged": True,
+                            "generator_halo": hm.halo})
+    return sm, hm
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -413,7 +467,7 @@ def _manifest(root: Path) -> dict[str, str]:
 
 def export_bundle(source: str | Path, out: str | Path, *, config: Optional[str | Path] = None,
                   name: Optional[str] = None, force: bool = False, sample: Optional[str | Path] = None,
-                  test_size: int = 128, step: int = 1, halo: Optional[int] = None,
+                  tile: int = DEFAULT_TILE, halo: Optional[int] = None,
                   halo_image_size: int = 256, max_halo: Optional[int] = None,
                   authors: Optional[Sequence[dict]] = None, license: str = "MIT",
                   odd_sizes: Sequence[tuple[int, int]] = ((333, 517),), bioimageio: bool = True,
@@ -426,7 +480,8 @@ def export_bundle(source: str | Path, out: str | Path, *, config: Optional[str |
     anyway; a folder that is not a w2sr bundle is never replaced).
     ``sample``: 2D image (tif/npy/png) for the test tensors, cover and halo; default a test FOV of
     the run's data, else a simulated image. ``halo``: skip the measurement and use this value
-    (input px; it is still checked). ``step``: size step of the input (1: any size >= min).
+    (input px; it is still checked). ``tile``: DeepImageJ's tile side (the rdf's fixed input size,
+    step 0) and the side of the test tensors; it bounds DeepImageJ's memory (see README).
     ``bioimageio``/``measure``: run ``bioimageio test`` / the subprocess timing (both on by default;
     off only for quick development runs). ``engines``: also run export.engines (old runtimes).
     """
@@ -452,46 +507,46 @@ def export_bundle(source: str | Path, out: str | Path, *, config: Optional[str |
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:
-        # 1. model and weights --------------------------------------------------------------
+        # 1. the generator ---------------------------------------------------------------------
         model = load_generator(src.keras_path)
         check_generator(model, src.keras_path, scale=SCALE)
-        t0 = time.perf_counter()
-        sm = export_savedmodel(model, stage / "tf_saved_model.zip", source=src.keras_path)
-        onnx_res = export_onnx(stage / "tf_saved_model.zip", stage / "weights.onnx")
-        t_weights = time.perf_counter() - t0
         shutil.copy2(src.keras_path, stage / "generator.keras")
         shutil.copy2(src.config_path, stage / "training_config.yaml")
+        from export.runtimes import KerasRuntime, SavedModelRuntime
 
-        from export.runtimes import SavedModelRuntime
-
-        runtime = SavedModelRuntime(stage / "tf_saved_model.zip")
+        plain = KerasRuntime(model)
         post = lambda y: postprocess(y, norm.target_mean, norm.target_std)  # noqa: E731
 
-        # 2. sample image, halo, sizes --------------------------------------------------------
-        image, image_source = sample_image(src, Path(sample) if sample else None, max(test_size, halo_image_size))
+        # 2. sample image and halo (how far context reaches), on the generator itself ----------------
+        image, image_source = sample_image(src, Path(sample) if sample else None, max(tile, halo_image_size))
         log.info("sample image: %s, %dx%d", image_source, *image.shape)
         side = min(halo_image_size, max(min(image.shape), 64))
         x_measure = preprocess(center_crop(image, side), norm.input_mean, norm.input_std)
         if halo is None:
             log.info("measuring the halo on a %dx%d crop ...", *x_measure.shape)
-            hm = measure_halo(runtime.predict, x_measure, post, max_halo=max_halo)
+            hm = measure_halo(plain.predict, x_measure, post, max_halo=max_halo)
         else:  # given: checked, not searched
-            ref = post(runtime.predict(x_measure[None, :, :, None])[0, :, :, 0])
-            tile = min(2 * halo + 64, *x_measure.shape)
-            d, good = tiled_max_diff(runtime.predict, x_measure, ref, post, halo, tile)
+            ref = post(plain.predict(x_measure[None, :, :, None])[0, :, :, 0])
+            check_tile = min(2 * halo + 64, *x_measure.shape)
+            d, good = tiled_max_diff(plain.predict, x_measure, ref, post, halo, check_tile)
             hm = HaloMeasurement(halo=halo, max_diff=d, too_small=None, too_small_max_diff=None,
-                                 too_small_fails=None, tile=tile, image_shape=x_measure.shape, converged=good)
+                                 too_small_fails=None, tile=check_tile, image_shape=x_measure.shape, converged=good)
         if not hm.converged:
             log.warning("halo %d does not reproduce the whole image within tolerance (max diff %.3g)",
                         hm.halo, hm.max_diff)
         log.info("halo %d px (tiled max diff %.3g; with %s px: %s) in %.1f s", hm.halo, hm.max_diff,
                  hm.too_small, hm.too_small_max_diff, hm.seconds)
-        min_size = max(16, 2 * hm.halo + 16)
-        if step > 1:
-            min_size = -(-min_size // step) * step
-        size = max(test_size, min_size)
-        if step > 1:
-            size = min_size + -(-(size - min_size) // step) * step
+        # 3. weights: the graph pads its input by the halo, so borders do not depend on the caller;
+        #    the halo grows until DeepImageJ's tiles and ours reproduce the whole image -------------
+        t0 = time.perf_counter()
+        sm, hm = fit_padding(model, stage / "tf_saved_model.zip", src.keras_path, hm, x_measure, post,
+                             tile=tile, fixed=halo is not None)
+        padding = hm.halo  # the graph's own symmetric padding (export.padding) = the rdf halo
+        any_size_from = max(1, padding)
+        onnx_res = export_onnx(stage / "tf_saved_model.zip", stage / "weights.onnx")
+        t_weights = time.perf_counter() - t0
+        runtime = SavedModelRuntime(stage / "tf_saved_model.zip")
+        size = tile
 
         # 3. test tensors, samples, cover, macros ---------------------------------------------
         crop = center_crop(image, size)
@@ -542,7 +597,7 @@ def export_bundle(source: str | Path, out: str | Path, *, config: Optional[str |
         }
         params = RdfParams(
             name=name, input_mean=norm.input_mean, input_std=norm.input_std, target_mean=norm.target_mean,
-            target_std=norm.target_std, halo=hm.halo, min_size=min_size, step=step, test_shape=(size, size),
+            target_std=norm.target_std, halo=hm.halo, tile=tile, padding=padding, any_size_from=any_size_from,
             savedmodel_sha256=sha256_file(stage / "tf_saved_model.zip"), onnx_sha256=sha256_file(stage / "weights.onnx"),
             timestamp=_timestamp(src.keras_path), authors=list(authors) if authors else [{"name": "w2sr contributors"}],
             license=license, memory_peak=memory_peak, runtime=runtime_s, attachments=attachments, w2sr=w2sr_block,

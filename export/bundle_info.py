@@ -24,21 +24,39 @@ class BundleInfo:
     target_std: float
     halo: int            # in input pixels (the rdf states it on the output, 2x this)
     min_size: int        # smallest input side the rdf allows
-    step: int            # valid sizes are min_size + n * step
+    step: int            # the rdf's sizes are min_size + n * step (0: exactly min_size, DeepImageJ's tile)
     scale: int           # output / input size (2)
     onnx_path: Optional[Path]
     savedmodel_zip: Optional[Path]
     keras_path: Optional[Path]
     test_input: Path
     test_output: Path
+    padding: int = 0                   # px of symmetric padding inside the exported graph (export.padding)
+    any_size_from: Optional[int] = None  # the weights accept every size >= this (config.w2sr.network)
+
+    @property
+    def deepimagej_tile(self) -> Optional[int]:
+        """The one tile size DeepImageJ 3.1 uses (rdf step 0), or None when the rdf lets it vary."""
+        return self.min_size if self.step == 0 else None
 
     def is_valid_size(self, n: int) -> bool:
+        """Can the weights run an input side of ``n`` px?"""
+        if self.any_size_from is not None:
+            return n >= self.any_size_from
+        if self.step == 0:
+            return n == self.min_size
         return n >= self.min_size and (n - self.min_size) % self.step == 0
 
     def valid_size_at_least(self, n: int) -> int:
-        """Smallest size the rdf allows that is >= n."""
+        """Smallest size the weights accept that is >= n (the rdf's sizes, unless the bundle states
+        that its weights take any size from ``any_size_from`` on)."""
+        if self.any_size_from is not None:
+            return max(int(n), self.any_size_from)
         if n <= self.min_size:
             return self.min_size
+        if self.step == 0:
+            raise UserError(f"{self.root / 'rdf.yaml'}: the model takes only {self.min_size} x {self.min_size} "
+                            f"inputs (step 0) and does not state that its weights accept other sizes")
         k = -(-(n - self.min_size) // self.step)
         return self.min_size + k * self.step
 
@@ -50,16 +68,25 @@ def _kwargs(ops: list, name: str, rdf: Path) -> dict:
     raise UserError(f"{rdf}: expected a '{name}' processing step, found {[o.get('name') for o in ops or []]}")
 
 
+def _scalar(value: object) -> float:
+    """A processing kwarg written as a number or as a one-element per-axis list (what JDLL needs)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 1:
+            raise ValueError(f"expected one value, got {len(value)}")
+        value = value[0]
+    return float(value)  # type: ignore[arg-type]
+
+
 def _output_affine(ops: list, rdf: Path) -> tuple[float, float]:
     """(gain, offset) of the output's affine post-processing, written either as ``scale_linear`` or
     as a fixed ``zero_mean_unit_variance`` ((y - m) / (s + eps) = y * gain + offset)."""
     names = [o.get("name") for o in ops or []]
     if "scale_linear" in names:
         kw = _kwargs(ops, "scale_linear", rdf)
-        return float(kw["gain"]), float(kw["offset"])
+        return _scalar(kw["gain"]), _scalar(kw["offset"])
     kw = _kwargs(ops, "zero_mean_unit_variance", rdf)
-    denom = float(kw["std"]) + float(kw.get("eps", 1e-6))
-    return 1.0 / denom, -float(kw["mean"]) / denom
+    denom = _scalar(kw["std"]) + float(kw.get("eps", 1e-6))
+    return 1.0 / denom, -_scalar(kw["mean"]) / denom
 
 
 def read_bundle(path: str | Path) -> BundleInfo:
@@ -84,6 +111,7 @@ def read_bundle(path: str | Path) -> BundleInfo:
         scale = int(round(float(out["shape"]["scale"][y])))
         halo_out = int(out.get("halo", [0] * len(axes))[y])
         weights = doc.get("weights", {})
+        network = ((doc.get("config") or {}).get("w2sr") or {}).get("network") or {}
 
         def weight(key: str) -> Optional[Path]:
             entry = weights.get(key)
@@ -92,8 +120,8 @@ def read_bundle(path: str | Path) -> BundleInfo:
         return BundleInfo(
             root=root,
             name=str(doc.get("name", root.name)),
-            input_mean=float(pre["mean"]),
-            input_std=float(pre["std"]),
+            input_mean=_scalar(pre["mean"]),
+            input_std=_scalar(pre["std"]),
             target_mean=post[1],
             target_std=post[0],
             halo=halo_out // scale,
@@ -105,6 +133,8 @@ def read_bundle(path: str | Path) -> BundleInfo:
             keras_path=weight("keras_hdf5"),
             test_input=root / doc["test_inputs"][0],
             test_output=root / doc["test_outputs"][0],
+            padding=int(network.get("padding", 0)),
+            any_size_from=int(network["any_size_from"]) if network.get("any_size_from") else None,
         )
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise UserError(f"{rdf}: not a w2sr bundle rdf (format 0.4.10 expected): missing or bad {exc}") from None

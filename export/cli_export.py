@@ -40,7 +40,9 @@ def register(subparsers) -> None:
             "  rdf.yaml            BioImage.IO description, format 0.4.10, with the DeepImageJ config block\n"
             "  test/sample tensors, cover.png, README.md, parity.md/json, ImageJ macros\n"
             "  packages/NAME_deepimagej.zip (for Fiji) and packages/NAME_zoo-0.5.zip (for the model zoo)\n"
-            "The halo is measured (tiled vs whole image within the zoo tolerance). The bundle is built in a\n"
+            "The halo is measured (tiled vs whole image within the zoo tolerance) and built into the graph as\n"
+            "symmetric padding, so DeepImageJ 3.1's mirror-padded tiles give the same pixels as whole-image\n"
+            "inference, edges included. The bundle is built in a\n"
             "temporary folder, checked with 'bioimageio test' (every weight format, and the 0.5 package),\n"
             "a parity matrix (Keras / SavedModel / ONNX Runtime / stored test output, tiled vs whole) and\n"
             "odd-size and 8/16-bit inputs, and only then moved to --out."
@@ -70,12 +72,12 @@ def register(subparsers) -> None:
     p.add_argument("--sample", type=Path, default=None, metavar="IMAGE",
                    help="2D image (tif/npy/png, raw units) for the test tensors, cover and halo measurement "
                         "(default: a test FOV of the run's data, else a simulated image)")
-    p.add_argument("--test-size", type=int, default=128, metavar="N",
-                   help="side of the square test/sample tensors (default 128; raised to the minimum size)")
+    p.add_argument("--tile", type=int, default=None, metavar="PX",
+                   help="DeepImageJ's tile side in input px: the rdf fixes the input at PX x PX (step 0) so "
+                        "DeepImageJ 3.1 tiles every image and its memory stays that of one tile; also the "
+                        "size of the test tensors (default 512: under 4 GB for the full model)")
     p.add_argument("--halo", type=int, default=None, metavar="PX",
                    help="use this halo (input px) instead of measuring it; still checked")
-    p.add_argument("--step", type=int, default=1, metavar="N",
-                   help="input size step in the rdf (default 1: any size >= the minimum works for RRDBNet)")
     p.add_argument("--author", dest="authors", type=_author, action="append", default=None, metavar="'NAME;AFFIL'",
                    help="model author (repeatable; default 'w2sr contributors')")
     p.add_argument("--license", default="MIT", help="SPDX license id of the weights (default MIT)")
@@ -123,7 +125,8 @@ def _handle_export(args) -> int:
 
     out = export_bundle(
         args.run_dir, args.out, config=args.config, name=args.name, force=args.force, sample=args.sample,
-        test_size=args.test_size, step=args.step, halo=args.halo, authors=args.authors, license=args.license,
+        halo=args.halo, authors=args.authors, license=args.license,
+        **({"tile": args.tile} if args.tile else {}),
         odd_sizes=tuple(args.odd_sizes) if args.odd_sizes else ((333, 517),),
         bioimageio=not args.quick, measure=not args.quick, engines=args.engines,
     )

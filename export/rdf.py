@@ -80,9 +80,9 @@ class RdfParams:
     target_mean: float
     target_std: float
     halo: int                      # input pixels; the rdf states 2x this on the output
-    min_size: int
-    step: int
-    test_shape: tuple[int, int]    # (H, W) of test_input.npy
+    tile: int                      # DeepImageJ's tile (rdf min with step 0), = the test tensor size
+    padding: int                   # px of symmetric padding inside the graph (export.padding)
+    any_size_from: int             # the weights accept every input side >= this
     savedmodel_sha256: str
     onnx_sha256: str
     timestamp: str
@@ -105,15 +105,27 @@ def _f(x: float) -> float:
 
 
 def postprocessing_as_zmuv(target_mean: float, target_std: float) -> dict:
-    """``y * gain + offset`` as ``(y - mean) / (std + eps)``: mean = -offset/gain, std = 1/gain - eps."""
-    return {"mean": _f(-float(target_mean) / float(target_std)), "std": _f(1.0 / float(target_std) - EPS), "eps": EPS}
+    """``y * gain + offset`` as ``(y - mean) / (std + eps)``: mean = -offset/gain, std = 1/gain - eps.
+
+    Values are one-element lists (one per plane of the axes ``axes: xy`` leaves, ``b`` and ``c``):
+    JDLL 0.6.1 throws on scalars with ``axes`` (see :func:`zmuv_kwargs`)."""
+    return zmuv_kwargs(-float(target_mean) / float(target_std), 1.0 / float(target_std) - EPS)
+
+
+def zmuv_kwargs(mean: float, std: float) -> dict:
+    """Fixed ``zero_mean_unit_variance`` kwargs that both JDLL 0.6.1 and bioimageio run.
+
+    ``axes: xy`` on ``byxc`` leaves ``bc``, so JDLL takes its per-axis branch and needs lists
+    (a scalar throws "The parameters 'mean' and ' std' have to be arrays with the introduced
+    'axes'."); format 0.4 requires ``axes``; bioimageio.spec 0.5.12 / core 0.11 accept the lists."""
+    return {"mode": "fixed", "axes": "xy", "mean": [_f(mean)], "std": [_f(std)], "eps": EPS}
 
 
 def build_rdf(p: RdfParams) -> dict:
     """The format 0.4.10 description, as a plain dict (written with :func:`write_rdf`)."""
-    if p.min_size <= 2 * p.halo:
-        raise UserError(f"min input size {p.min_size} must exceed 2 x halo ({2 * p.halo})")
-    h, w = p.test_shape
+    if p.tile <= 2 * p.halo:
+        raise UserError(f"tile {p.tile} must exceed 2 x halo ({2 * p.halo})")
+    h = w = p.tile
     s = p.scale
     halo_out = s * p.halo
     mem = p.memory_peak
@@ -137,12 +149,12 @@ def build_rdf(p: RdfParams) -> dict:
             "axes": "byxc",
             "data_type": "float32",
             "data_range": [float("-inf"), float("inf")],
-            "shape": {"min": [1, p.min_size, p.min_size, 1], "step": [0, p.step, p.step, 0]},
-            "preprocessing": [{
-                "name": "zero_mean_unit_variance",
-                "kwargs": {"mode": "fixed", "axes": "xy", "mean": _f(p.input_mean),
-                           "std": _f(p.input_std), "eps": EPS},
-            }],
+            # step 0: DeepImageJ 3.1 (JDLL 0.6.1) then tiles every image with tiles of exactly this
+            # size, so its memory does not grow with the image (with a step it takes the whole image
+            # as one tile, and above ~7,000^2 px never returns). The weights take any size >=
+            # config.w2sr.network.any_size_from; `w2sr predict` uses that.
+            "shape": {"min": [1, p.tile, p.tile, 1], "step": [0, 0, 0, 0]},
+            "preprocessing": [{"name": "zero_mean_unit_variance", "kwargs": zmuv_kwargs(p.input_mean, p.input_std)}],
         }],
         "outputs": [{
             "name": "output",
@@ -159,7 +171,7 @@ def build_rdf(p: RdfParams) -> dict:
             # (JDLL) implements zero_mean_unit_variance with mode fixed, as for the input.
             "postprocessing": [{
                 "name": "zero_mean_unit_variance",
-                "kwargs": {"mode": "fixed", "axes": "xy", **postprocessing_as_zmuv(p.target_mean, p.target_std)},
+                "kwargs": postprocessing_as_zmuv(p.target_mean, p.target_std),
             }],
         }],
         "test_inputs": ["test_input.npy"],
@@ -199,7 +211,11 @@ def build_rdf(p: RdfParams) -> dict:
                     "postprocess": [{"spec": "ij.IJ::runMacroFile", "kwargs": POST_MACRO}],
                 },
             },
-            "w2sr": p.w2sr,
+            "w2sr": {**p.w2sr, "network": {
+                "padding": p.padding, "padding_mode": "symmetric", "any_size_from": p.any_size_from,
+                "note": "the graph pads its input symmetrically by `padding` px and crops the output, so "
+                        "DeepImageJ's mirror-padded tiles and whole-image inference give the same pixels; "
+                        "the weights run any input side >= any_size_from (the rdf fixes DeepImageJ's tile)"}},
         },
     }
     if p.attachments:
@@ -292,8 +308,9 @@ def render_readme(*, name: str, rdf: dict, validation_md: str, run_name: str, ex
     inp, out = rdf["inputs"][0], rdf["outputs"][0]
     pre = inp["preprocessing"][0]["kwargs"]
     post = out["postprocessing"][0]["kwargs"]
-    m, step = inp["shape"]["min"][1], inp["shape"]["step"][1]
+    tile = inp["shape"]["min"][1]
     halo_out = out["halo"][1]
+    network = rdf["config"]["w2sr"]["network"]
     macro_list = "\n".join(f"- `fiji_macros/{Path(x).name}`" for x in macros) or "- (none in this export)"
     cites = "\n".join(f"- {c['text']} <{c['url']}>" for c in rdf["cite"])
     return f"""# {name}
@@ -307,11 +324,13 @@ Keras {exported_with.get('keras')}, tf2onnx {exported_with.get('tf2onnx')}.
 
 | | tensor | axes | size | units |
 |---|---|---|---|---|
-| input | `input` | b, y, x, c (c = 1) | any size >= {m} px per side (min {m}, step {step}) | raw widefield intensities |
+| input | `input` | b, y, x, c (c = 1) | rdf: {tile} x {tile} (DeepImageJ's tile); the weights take any side >= {network['any_size_from']} px | raw widefield intensities |
 | output | `output` | b, y, x, c (c = 1) | 2 x the input | SIM (target) intensities |
 
-- Preprocessing (`zero_mean_unit_variance`, fixed): `x' = (x - {pre['mean']}) / ({pre['std']} + 1e-6)`.
-- Postprocessing (`zero_mean_unit_variance`, fixed, i.e. an affine map back to SIM units): `y = (y' - {post['mean']}) / ({post['std']} + 1e-6)`.
+- Preprocessing (`zero_mean_unit_variance`, fixed): `x' = (x - {pre['mean'][0]}) / ({pre['std'][0]} + 1e-6)`.
+- Postprocessing (`zero_mean_unit_variance`, fixed, i.e. an affine map back to SIM units): `y = (y' - {post['mean'][0]}) / ({post['std'][0]} + 1e-6)`.
+- The means and stds are written as one-element lists (`mean: [m]`): with `axes: xy` that is the
+  form DeepImageJ 3.1 (JDLL 0.6.1) requires; a plain number makes it throw before inference.
 - Both statistics come from the training run (`training_config.yaml`, `normalization:`); the
   network itself works on the normalised values. Convert 8/16-bit images to 32-bit before the
   preprocessing (the macros here do): integer images would round the normalised values.
@@ -319,6 +338,12 @@ Keras {exported_with.get('keras')}, tf2onnx {exported_with.get('tf2onnx')}.
   kept part has at least this much context reproduce the whole-image result within the zoo
   tolerance `|a - b| <= 1.5e-4 + 1e-4 |b|` (with {halo_info.get('too_small')} px the largest
   difference was {halo_info.get('too_small_max_diff')}). Tiles must be larger than {2 * int(halo_info.get('halo') or 0)} px.
+- Borders: the network pads its input symmetrically by {network['padding']} px inside the graph and
+  crops its output, so whole-image inference (`bioimageio test`, Python) and DeepImageJ's
+  mirror-padded tiles give the same pixels up to the image edge (checked below, "DeepImageJ 3.1").
+- Tiles in DeepImageJ: the rdf fixes the input at {tile} x {tile} (step 0), so DeepImageJ 3.1
+  cuts every image into {tile} px tiles with {halo_info.get('halo')} px of overlap context and its memory stays that of
+  one tile, whatever the image size.
 
 ## Files
 
@@ -347,8 +372,12 @@ Keras {exported_with.get('keras')}, tf2onnx {exported_with.get('tf2onnx')}.
 run("DeepImageJ Run", "model_path=[{name}] input_path=[/path/to/images] output_folder=[/path/to/out] display_output=[null]");
 ```
 
-DeepImageJ 3 applies the rdf's pre- and postprocessing itself and tiles large images with the halo
-above. Open 8/16-bit images as 32-bit first (`run("32-bit");`). Fiji macros shipped with the bundle:
+DeepImageJ 3.1 applies the rdf's pre- and postprocessing itself and tiles every image with
+{tile} px tiles. Two limits of DeepImageJ 3.1 (JDLL 0.6.1, read in its source) for images smaller
+than a tile: a side under {-(-tile // 3)} px is refused ("cannot be bigger than 3 times the image
+size"), and a side under {tile - 2 * int(halo_info.get('halo') or 0)} px whose difference to {tile} is odd comes out shifted by
+one output pixel. `fiji_macros/deepimagej_batch_folder.ijm` mirror-pads such images to {tile} px
+before DeepImageJ and crops the result, which avoids both. Fiji macros shipped with the bundle:
 
 {macro_list}
 

@@ -3,7 +3,8 @@
 ``predict(x)`` takes a float32 batch ``(B, H, W, 1)`` that is already normalised (the rdf's
 preprocessing applied) and returns the network output ``(B, 2H, 2W, 1)`` (before postprocessing)::
 
-    KerasRuntime(path_or_model)                 # generator.keras (the training artefact)
+    KerasRuntime(path_or_model, padding=0)      # generator.keras (the training artefact); ``padding``:
+                                                # the exported graph's symmetric padding, applied around it
     SavedModelRuntime(dir_or_zip, device=None)  # the frozen SavedModel, TF2 signature call
     OnnxRuntime(path, providers=None, threads=None)   # ONNX Runtime; CUDA when available
 
@@ -46,7 +47,7 @@ class KerasRuntime:
 
     format = "keras"
 
-    def __init__(self, path_or_model: Any, device: Optional[str] = None):
+    def __init__(self, path_or_model: Any, device: Optional[str] = None, padding: int = 0):
         from export.savedmodel import load_generator
 
         if isinstance(path_or_model, (str, Path)):
@@ -56,6 +57,7 @@ class KerasRuntime:
             self.path = None
             self.model = path_or_model
         self.device = device or "cpu"
+        self.padding = int(padding)  # compare with the bundle's graph, which pads itself (export.padding)
         self._tf_device = "/GPU:0" if self.device == "gpu" else "/CPU:0"
         self.name = f"Keras ({self.device.upper()})"
         import tensorflow as tf
@@ -67,9 +69,13 @@ class KerasRuntime:
                                input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32)])
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        from export.padding import wrap_numpy
+
+        return wrap_numpy(self._predict_plain, self.padding)(_check_batch(x))
+
+    def _predict_plain(self, x: np.ndarray) -> np.ndarray:
         import tensorflow as tf
 
-        x = _check_batch(x)
         with tf.device(self._tf_device):
             return np.asarray(self._fn(tf.constant(x)), dtype=np.float32)
 
@@ -209,13 +215,13 @@ def available_runtimes() -> list[RuntimeRow]:
 
 
 def make_runtime(key: str, *, keras_path: Optional[Path] = None, savedmodel: Optional[Path] = None,
-                 onnx_path: Optional[Path] = None, threads: Optional[int] = None) -> Any:
-    """Build the runtime of a :class:`RuntimeRow` key."""
+                 onnx_path: Optional[Path] = None, threads: Optional[int] = None, padding: int = 0) -> Any:
+    """Build the runtime of a :class:`RuntimeRow` key (``padding``: the bundle graph's, for Keras)."""
     fmt, device = key.split("-", 1)
     if fmt == "keras":
         if keras_path is None:
             raise UserError("no Keras generator given")
-        return KerasRuntime(keras_path, device=device)
+        return KerasRuntime(keras_path, device=device, padding=padding)
     if fmt == "savedmodel":
         if savedmodel is None:
             raise UserError("no SavedModel given")

@@ -152,20 +152,24 @@ def check_generator(model: Any, source: str | Path = "model", scale: int = 2) ->
 # freezing
 
 
-def freeze_keras_model(model: Any) -> Any:
+def freeze_keras_model(model: Any, padding: int = 0, scale: int = 2) -> Any:
     """Keras model -> frozen ``GraphDef`` with placeholder ``input`` and output node ``output``.
 
+    ``padding``: the graph pads its input symmetrically by this many px and crops ``scale * padding``
+    from its output (``export.padding``: same pixels whether or not DeepImageJ mirror-pads the tile).
     Variables become constants; control dependencies, internal attributes (``_...``) and nodes not
     needed for the output are dropped.
     """
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+    from export.padding import crop_tf, pad_tf
+
     spec = tf.TensorSpec([None, None, None, 1], tf.float32, name=INPUT_KEY)
 
     @tf.function(input_signature=[spec], autograph=False)
     def forward(x):
-        return model(x, training=False)
+        return crop_tf(model(pad_tf(x, padding), training=False), padding, scale)
 
     frozen = convert_variables_to_constants_v2(forward.get_concrete_function())
     graph_def = frozen.graph.as_graph_def()
@@ -307,10 +311,12 @@ def deterministic_zip(folder: Path, zip_path: Path, *, exclude: Iterable[str] = 
     return zip_path
 
 
-def export_savedmodel(model: Any, zip_path: str | Path, *, source: str | Path = "model") -> SavedModelExport:
-    """Freeze ``model``, check its ops, write the SavedModel and zip it to ``zip_path``."""
+def export_savedmodel(model: Any, zip_path: str | Path, *, source: str | Path = "model",
+                      padding: int = 0) -> SavedModelExport:
+    """Freeze ``model`` (with ``padding`` px of in-graph symmetric padding), check its ops, write the
+    SavedModel and zip it to ``zip_path``."""
     zip_path = Path(zip_path)
-    graph_def = freeze_keras_model(model)
+    graph_def = freeze_keras_model(model, padding=padding)
     stripped = strip_default_attrs(graph_def)
     ops = check_graph_ops(graph_def, source)
     n_weights = count_constant_values(graph_def)

@@ -7,7 +7,7 @@ Two functions, used by ``w2sr predict`` and by the exporter (halo measurement, t
 
 and helpers: ``balanced_tile(shape, tile, halo, valid_size)`` (the per-axis tile sizes ``w2sr predict``
 uses: as many tiles as ``tile`` needs, spread evenly, so less overlap), ``count_tiles``,
-``tile_starts``, ``canvas_shape``, ``reflect_indices``.
+``tile_starts``, ``canvas_shape``, ``mirror_indices``.
 
 ``predict_fn`` maps a float32 batch ``(B, h, w, 1)`` to ``(B, scale*h, scale*w, 1)`` (a trailing
 channel axis of 1 may be missing). ``image`` is a 2D array of any real dtype: normally already
@@ -19,8 +19,8 @@ processing gives the same numbers per tile as on the whole image). Tiles are gat
 
 How the two agree (so that tiled == whole once the halo covers the receptive field):
 
-* Both work on one virtual *canvas*: the image mirrored (``numpy.pad`` mode ``reflect``, i.e. the
-  edge pixel is not repeated) at its bottom and right up to ``valid_size(H) x valid_size(W)``.
+* Both work on one virtual *canvas*: the image mirrored (``numpy.pad`` mode ``symmetric``, the edge
+  pixel repeated, as in ``export.padding``) at its bottom and right up to ``valid_size(H) x valid_size(W)``.
   The canvas is never materialised; tiles are gathered from the image with mirrored indices.
 * ``predict_whole`` runs the model once on the canvas and crops the output to ``scale*H x scale*W``.
 * ``predict_tiled`` covers the canvas with tiles of one size (``valid_size(tile)``, or the canvas
@@ -40,24 +40,20 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
+from export.padding import symmetric_indices
+
 PredictFn = Callable[[np.ndarray], np.ndarray]
 ValidSize = Optional[Callable[[int], int]]
 
-__all__ = ["predict_tiled", "predict_whole", "balanced_tile", "count_tiles", "tile_starts", "reflect_indices",
+__all__ = ["predict_tiled", "predict_whole", "balanced_tile", "count_tiles", "tile_starts", "mirror_indices",
            "canvas_shape"]
 
 
-def reflect_indices(n_out: int, n: int) -> np.ndarray:
-    """Indices 0..n_out-1 folded into 0..n-1 by mirroring without repeating the edge (numpy 'reflect').
-
-    Works for any ``n_out`` (repeated mirroring); a side of one pixel repeats that pixel.
-    """
-    i = np.arange(n_out)
-    if n == 1:
-        return np.zeros(n_out, dtype=np.intp)
-    period = 2 * (n - 1)
-    i = i % period
-    return np.where(i < n, i, period - i).astype(np.intp)
+def mirror_indices(n_out: int, n: int) -> np.ndarray:
+    """Indices 0..n_out-1 folded into 0..n-1 by mirroring with the edge pixel repeated (numpy
+    ``symmetric``): the same context the exported graph's own padding and DeepImageJ's
+    ``extendMirrorDouble`` give, so a canvas padded here changes no pixel of the image."""
+    return symmetric_indices(0, n_out, n)
 
 
 def canvas_shape(shape: tuple[int, int], valid_size: ValidSize = None) -> tuple[int, int]:
@@ -122,7 +118,7 @@ def predict_whole(predict_fn: PredictFn, image: np.ndarray, valid_size: ValidSiz
     image = _check_image(image)
     h, w = image.shape
     ch, cw = canvas_shape((h, w), valid_size)
-    canvas = image[np.ix_(reflect_indices(ch, h), reflect_indices(cw, w))].astype(np.float32)
+    canvas = image[np.ix_(mirror_indices(ch, h), mirror_indices(cw, w))].astype(np.float32)
     out = _call(predict_fn, canvas[None, :, :, None], scale)[0]
     return np.ascontiguousarray(out[: scale * h, : scale * w], dtype=np.float32)
 
@@ -211,9 +207,9 @@ def predict_tiled(predict_fn: PredictFn, image: np.ndarray, tile: int | tuple[in
         if tiles_in is None:
             tiles_in = np.empty((batch, th, tw, 1), dtype=np.float32)
         if y0 not in rows_cache:
-            rows_cache[y0] = reflect_indices(ch, h)[y0: y0 + th]
+            rows_cache[y0] = mirror_indices(ch, h)[y0: y0 + th]
         if x0 not in cols_cache:
-            cols_cache[x0] = reflect_indices(cw, w)[x0: x0 + tw]
+            cols_cache[x0] = mirror_indices(cw, w)[x0: x0 + tw]
         tiles_in[len(pending), :, :, 0] = image[np.ix_(rows_cache[y0], cols_cache[x0])]
         pending.append(spec)
         if len(pending) == batch:

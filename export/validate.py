@@ -229,14 +229,16 @@ def _keras_path(info: Any, given: Optional[Path]) -> Optional[Path]:
 
 
 def _tile_for(info: Any, extra: int = 16) -> int:
-    return int(info.valid_size_at_least(max(info.min_size, 2 * info.halo + extra)))
+    """A small tile for the tiled-vs-whole rows: several tiles even on the test input."""
+    smallest = info.any_size_from if info.any_size_from is not None else info.min_size
+    return int(info.valid_size_at_least(max(smallest, 2 * info.halo + extra)))
 
 
 def _mirror_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    from export.tiling import reflect_indices
+    from export.tiling import mirror_indices
 
     h, w = image.shape
-    return image[np.ix_(reflect_indices(shape[0], h), reflect_indices(shape[1], w))]
+    return image[np.ix_(mirror_indices(shape[0], h), mirror_indices(shape[1], w))]
 
 
 def _as_dtype(image: np.ndarray, dtype: str) -> tuple[Optional[np.ndarray], str]:
@@ -302,7 +304,8 @@ def parity_matrix(info: Any, keras_path: Optional[Path]) -> tuple[list[ParityRow
             continue
         t0 = time.perf_counter()
         try:
-            rt = make_runtime(r.key, keras_path=keras_path, savedmodel=info.savedmodel_zip, onnx_path=info.onnx_path)
+            rt = make_runtime(r.key, keras_path=keras_path, savedmodel=info.savedmodel_zip, onnx_path=info.onnx_path,
+                              padding=info.padding)
             whole = post(rt.predict(x))
             tiled = post(predict_tiled(rt.predict, img, tile, info.halo, scale=info.scale,
                                        valid_size=info.valid_size_at_least))
@@ -333,6 +336,7 @@ def parity_matrix(info: Any, keras_path: Optional[Path]) -> tuple[list[ParityRow
         rows.append(ParityRow("savedmodel-tf1-session", "SavedModel (TF1 session, tag serve)", "cpu", FAILED,
                               reason=f"{type(exc).__name__}: {exc}"))
 
+    rows += deepimagej_rows(info, raw, expected)
     for row in rows:
         if row.status != PASSED:
             continue
@@ -360,7 +364,7 @@ def size_checks(info: Any, keras_path: Optional[Path], sizes: Sequence[tuple[int
     onnx_rt = OnnxRuntime(info.onnx_path, providers=["CPUExecutionProvider"])
     sm_rt = SavedModelRuntime(info.savedmodel_zip)
     if keras_path is not None:
-        ref_rt: Any = KerasRuntime(keras_path)
+        ref_rt: Any = KerasRuntime(keras_path, padding=info.padding)
         ref_name = "keras"
     else:
         ref_rt, ref_name = sm_rt, "savedmodel"
@@ -368,6 +372,14 @@ def size_checks(info: Any, keras_path: Optional[Path], sizes: Sequence[tuple[int
     rows: list[SizeRow] = []
     tile = _tile_for(info, extra=64)
     post = lambda y: postprocess(y, info.target_mean, info.target_std)  # noqa: E731
+    from export import jdll
+
+    jmodel = jdll.JdllModel.from_rdf(yaml.safe_load((info.root / "rdf.yaml").read_text()))
+    try:
+        jdll.check_processing(jmodel)
+    except jdll.JdllError as exc:
+        notes.append(f"DeepImageJ 3.1 rows skipped: JDLL {jdll.JDLL_VERSION} throws on this rdf ({exc})")
+        jmodel = None
     for shape in sizes:
         base = _mirror_to(sample, tuple(shape))
         for dtype in dtypes:
@@ -390,7 +402,69 @@ def size_checks(info: Any, keras_path: Optional[Path], sizes: Sequence[tuple[int
                     tiles=count_tiles(x.shape, tile, info.halo, info.valid_size_at_least),
                     canvas=canvas_shape(x.shape, info.valid_size_at_least), vs_keras_whole=cmp_,
                     status=PASSED if cmp_.ok else FAILED, reference=ref_name))
+            if jmodel is not None:  # what a Fiji user gets through the batch macro
+                try:
+                    out = jdll.predict_like_macro(jmodel, onnx_rt.predict, image)
+                except jdll.JdllError as exc:
+                    notes.append(f"DeepImageJ 3.1 (JDLL {jdll.JDLL_VERSION}) refuses {shape[0]} x {shape[1]}: {exc}")
+                    continue
+                cmp_ = Comparison.of(out, ref)
+                canvas = jdll.macro_canvas(jmodel, image.shape)
+                rows.append(SizeRow(
+                    shape=tuple(int(s) for s in shape), dtype=dtype, runtime="deepimagej-3.1 (onnx, batch macro)",
+                    tiles=jdll.plan(jmodel, canvas).n_tiles, canvas=canvas, vs_keras_whole=cmp_,
+                    status=PASSED if cmp_.ok else FAILED, reference=ref_name))
+                if dtype == "float32" and canvas != image.shape:
+                    notes.append(_raw_deepimagej_note(jmodel, onnx_rt, image, ref))
     return rows, notes
+
+
+def _raw_deepimagej_note(jmodel: Any, onnx_rt: Any, image: np.ndarray, ref: np.ndarray) -> str:
+    """What DeepImageJ 3.1 alone (without the batch macro's padding) does to a small image."""
+    from export import jdll
+
+    h, w = image.shape
+    try:
+        tp = jdll.plan(jmodel, image.shape)
+        d, ok, n_bad = zoo_close(jdll.predict(jmodel, onnx_rt.predict, image), ref)
+    except jdll.JdllError as exc:
+        return f"{h} x {w} in DeepImageJ 3.1 without the batch macro: refused ({exc})"
+    why = "JDLL shifts its output by one pixel (tile - size odd and > 2 x halo)" if tp.shifted else ""
+    return (f"{h} x {w} in DeepImageJ 3.1 without the batch macro's padding: max diff {d:.3g}, "
+            f"{n_bad} px outside the tolerance{'; ' + why if why else ''}; the batch macro pads it to "
+            f"{jdll.macro_canvas(jmodel, image.shape)}")
+
+
+def deepimagej_rows(info: Any, raw: np.ndarray, expected: np.ndarray) -> list[ParityRow]:
+    """The bundle as DeepImageJ 3.1 runs it (``export.jdll``: JDLL 0.6.1's kwargs checks, processing on
+    a float copy, tiles of its formula mirror-padded by the halo, its stitching), in ONNX Runtime and
+    in the SavedModel, against the stored test output on every pixel."""
+    from export import jdll
+    from export.runtimes import OnnxRuntime, SavedModelRuntime
+
+    model = jdll.JdllModel.from_rdf(yaml.safe_load((info.root / "rdf.yaml").read_text()))
+    rows = []
+    for key, label, make in (
+            ("deepimagej-onnx", "DeepImageJ 3.1 (JDLL 0.6 semantics), ONNX Runtime",
+             lambda: OnnxRuntime(info.onnx_path, providers=["CPUExecutionProvider"])),
+            ("deepimagej-savedmodel", "DeepImageJ 3.1 (JDLL 0.6 semantics), SavedModel",
+             lambda: SavedModelRuntime(info.savedmodel_zip))):
+        t0 = time.perf_counter()
+        try:
+            jdll.check_processing(model)
+            tp = jdll.plan(model, raw.shape[1:3])
+            y = jdll.predict(model, make().predict, raw[0, :, :, 0])
+        except jdll.JdllError as exc:
+            rows.append(ParityRow(key, label, "cpu", FAILED, reason=f"JDLL {jdll.JDLL_VERSION} throws: {exc}"))
+            continue
+        row = ParityRow(key, label, "cpu", PASSED, seconds=round(time.perf_counter() - t0, 2),
+                        reason=f"tile {tp.tile[0]} x {tp.tile[1]} (JDLL's formula), halo {tp.halo[0]} px, "
+                               f"{tp.n_tiles} tiles, each mirror-padded")
+        row.vs_test_output = Comparison.of(y[None, :, :, None], expected)
+        if not row.vs_test_output.ok:
+            row.status = FAILED
+        rows.append(row)
+    return rows
 
 
 # --------------------------------------------------------------------------------------------

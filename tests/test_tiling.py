@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from export.tiling import (balanced_tile, canvas_shape, count_tiles, predict_tiled, predict_whole,
-                           reflect_indices, tile_starts)
+                           mirror_indices, tile_starts)
 from predict_fixtures import RF_RADIUS, write_tiny_onnx
 
 MIN, STEP = 16, 8
@@ -109,19 +109,19 @@ def test_one_tile_is_exactly_the_whole_image(model):
                                   predict_whole(model, img, valid))
 
 
-def test_whole_pads_by_reflection_and_crops(model):
+def test_whole_pads_symmetrically_and_crops(model):
+    """The canvas repeats the edge pixel (numpy 'symmetric'), as the exported graph and DeepImageJ do."""
     img = np.random.default_rng(7).normal(size=(21, 30)).astype(np.float32)
     assert canvas_shape(img.shape, valid) == (24, 32)
-    padded = np.pad(img, ((0, 3), (0, 2)), mode="reflect")
+    padded = np.pad(img, ((0, 3), (0, 2)), mode="symmetric")
     expect = model(padded[None, :, :, None])[0, :42, :60, 0]
     np.testing.assert_array_equal(predict_whole(model, img, valid), expect)
 
 
 @pytest.mark.parametrize("n_out,n", [(10, 4), (37, 5), (5, 1), (64, 64), (100, 3)])
-def test_reflect_indices_match_numpy_reflect(n_out, n):
+def test_mirror_indices_match_numpy_symmetric(n_out, n):
     a = np.arange(n)
-    expect = np.pad(a, (0, n_out - n), mode="reflect") if n > 1 else np.zeros(n_out, int)
-    np.testing.assert_array_equal(a[reflect_indices(n_out, n)], expect)
+    np.testing.assert_array_equal(a[mirror_indices(n_out, n)], np.pad(a, (0, n_out - n), mode="symmetric"))
 
 
 def test_tile_starts_cover_with_enough_overlap():

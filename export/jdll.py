@@ -1,0 +1,399 @@
+"""What DeepImageJ 3.1 does with a bundle: JDLL 0.6.1's rdf reading, tiling and processing, in numpy.
+
+DeepImageJ 3.1 hands the model to JDLL (``io.bioimage:dl-modelrunner``, version 0.6.1 pinned by
+deepimagej-plugin). This module reproduces the parts of JDLL that decide which pixels a Fiji user
+gets, so that the exporter, ``w2sr validate``, the engine check and the Fiji stand-in can run a bundle
+*the way DeepImageJ runs it* instead of the way we would like it to:
+
+* ``TileCalculator.getOptimalTileSize``: the tile of every axis (:func:`tile_size`), including the
+  step-0 rule (tile = ``min``) and the "3 x the image" shrink;
+* ``TileMaker`` / ``TileGrid`` / ``PatchSpec``: the tile grid, the padding of every tile by the halo
+  with ``Views.extendMirrorDouble`` (numpy's ``symmetric`` mode), and how each output tile's
+  region of interest is placed (:func:`axis_plan`, :func:`run_tiled`); the input and the output
+  grids are computed independently, as JDLL does, so JDLL's own misalignment (an output shifted by
+  one pixel when ``tile - size`` is odd and larger than ``2 * halo``) is reproduced, not hidden;
+* ``ModelDescriptorV04.calculateTotalInputHalo``: input halo = ``(output halo + offset) / scale``;
+* ``ZeroMeanUnitVarianceTransformation``: its kwargs checks (with JDLL's own messages) and its
+  arithmetic (:func:`zero_mean_unit_variance`), applied to a float copy of the image, as
+  ``Processing.preprocess(inputs, false)`` does in 0.6.1 (no 8/16-bit flooring on that path);
+* ``TileCalculator.checkOutputSize``: when it is entered it never returns (:func:`never_returns`).
+
+Provenance: every rule here was read in JDLL's source at tag ``dl-modelrunner-0.6.1`` (files named in
+the docstrings). The tile formula, the mirror padding, the kwargs exception, the float copy and the
+hang were also observed by running JDLL 0.6.1, compiled from that source, on this project's bundle
+(``docs/deepimagej.md``, "Measured with JDLL's own code"); the one-pixel output shift for small
+images was read in the source only (``TileMaker.computePatchSpecs`` / ``getNthTileOutput``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from export.padding import symmetric_indices
+
+JDLL_VERSION = "0.6.1"
+#: TileCalculator.OPTIMAL_MAX_NUMBER_PIXELS: a tile above this sends JDLL into checkOutputSize
+OPTIMAL_MAX_NUMBER_PIXELS = 4096 * 4096 * 3
+#: Integer.MAX_VALUE: the largest output tensor (in bytes) JDLL accepts, and ImgLib2's array limit
+MAX_ARRAY = 2 ** 31 - 1
+
+
+class JdllError(ValueError):
+    """What JDLL would throw; the message is JDLL's own where it has one."""
+
+
+# --------------------------------------------------------------------------------------------
+# the rdf as JDLL reads it (format 0.4)
+
+
+@dataclass(frozen=True)
+class JdllAxis:
+    """One spatial input axis as JDLL sees it (``AxisV04`` after ``calculateTotalInputHalo``)."""
+
+    min: int
+    step: int
+    halo: int          # input pixels
+    scale: float       # output size / input size
+    out_halo: int      # output pixels, as written in the rdf
+    offset: float = 0.0
+
+
+@dataclass(frozen=True)
+class JdllModel:
+    """The parts of a 0.4 rdf JDLL 0.6.1 uses to tile and normalise one ``byxc`` image."""
+
+    axes: str                      # input axes, e.g. "byxc"
+    y: JdllAxis
+    x: JdllAxis
+    tiling: bool                   # ModelDescriptor.isTilingAllowed()
+    preprocessing: list
+    postprocessing: list
+    output_dtype: str = "float32"
+
+    @classmethod
+    def from_rdf(cls, doc: dict) -> "JdllModel":
+        inp, out = doc["inputs"][0], doc["outputs"][0]
+        axes = str(inp["axes"]).lower()
+        shape = inp["shape"]
+        if isinstance(shape, dict):
+            mins, steps = list(shape["min"]), list(shape["step"])
+        else:  # an explicit shape: fixed, step 0
+            mins, steps = list(shape), [0] * len(shape)
+        oshape = out.get("shape") or {}
+        scales = list(oshape.get("scale") or [1] * len(axes)) if isinstance(oshape, dict) else [1] * len(axes)
+        offsets = list(oshape.get("offset") or [0] * len(axes)) if isinstance(oshape, dict) else [0] * len(axes)
+        halos = list(out.get("halo") or [0] * len(axes))
+        out_axes = str(out["axes"]).lower()
+
+        def axis(name: str) -> JdllAxis:
+            i, o = axes.index(name), out_axes.index(name)
+            scale, offset, out_halo = float(scales[o]), float(offsets[o]), int(halos[o])
+            # calculateTotalInputHalo: (axHalo + axOffset) / axScale, cast to int
+            halo = int((out_halo + offset) / scale) if out_halo else 0
+            return JdllAxis(min=int(mins[i]), step=int(steps[i]), halo=halo, scale=scale,
+                            out_halo=out_halo, offset=offset)
+
+        dij = (doc.get("config") or {}).get("deepimagej")
+        # DeepImageJExecutionConfig.build: a deepimagej block without allow_tiling means no tiling
+        tiling = True if dij is None else bool(dij.get("allow_tiling", False))
+        return cls(axes=axes, y=axis("y"), x=axis("x"), tiling=tiling,
+                   preprocessing=list(inp.get("preprocessing") or []),
+                   postprocessing=list(out.get("postprocessing") or []),
+                   output_dtype=str(out.get("data_type", "float32")))
+
+
+# --------------------------------------------------------------------------------------------
+# tiles (bioimageio/tiling/TileCalculator.java, TileMaker.java, TileGrid.java)
+
+
+def tile_size(size: int, axis: JdllAxis, tiling: bool = True) -> int:
+    """``TileCalculator.getOptimalTileSize`` for one axis of an image of ``size`` pixels.
+
+    ``(int) Math.ceil((size + 2 * halo) / step) * step`` divides integers first, so it floors.
+    Step 0: the tile is ``min`` whatever the image (the only way to bound the tile)."""
+    step, lo = axis.step, axis.min
+    if step != 0 and tiling:
+        patch = ((size + 2 * axis.halo) // step) * step
+        if patch > 3 * size and patch - step >= lo:
+            patch -= step
+        if patch > 3 * size and math.ceil(size / step) * step >= lo:
+            patch = math.ceil(size / step) * step
+        return patch
+    if step != 0:
+        return -1  # computed after preprocessing: the whole image
+    if lo == -1:
+        return size
+    return lo
+
+
+def never_returns(model: JdllModel, shape: tuple[int, int]) -> bool:
+    """Whether JDLL 0.6.1 enters ``TileCalculator.checkOutputSize`` for this image, which never
+    returns (its axis counter is never incremented; boxed Doubles are compared with ``==``).
+
+    Entered only when some axis has a non-zero step and the tile exceeds 4096*4096*3 pixels or the
+    output tile 2**31 - 1 bytes. With every step 0 JDLL skips that check."""
+    if not model.tiling or (model.y.step == 0 and model.x.step == 0):
+        return False
+    th, tw = tile_size(shape[0], model.y), tile_size(shape[1], model.x)
+    out_bytes = int(th * model.y.scale + 2 * model.y.offset) * int(tw * model.x.scale + 2 * model.x.offset) * 4
+    return th * tw > OPTIMAL_MAX_NUMBER_PIXELS or out_bytes > MAX_ARRAY
+
+
+def output_too_large(model: JdllModel, shape: tuple[int, int]) -> bool:
+    """The whole output image is one ImgLib2 array (``Tensor.buildBlankTensor``), at most 2**31 - 1 pixels."""
+    return int(shape[0] * model.y.scale) * int(shape[1] * model.x.scale) > MAX_ARRAY
+
+
+@dataclass(frozen=True)
+class AxisPlan:
+    """One axis of ``PatchSpec`` + ``TileGrid``: tile, padding and where each tile's ROI goes."""
+
+    image: int
+    tile: int
+    pad_before: int
+    pad_after: int
+    roi: int
+    patch_starts: tuple[int, ...]   # tile origin in image coordinates (may be negative)
+    roi_starts: tuple[int, ...]     # where each tile's ROI lands in the image
+
+
+def axis_plan(image: int, tile: int, halo: int) -> AxisPlan:
+    """``TileMaker.computePatchSpecs`` and ``TileGrid.create`` for one axis (tiling allowed)."""
+    pad0 = max(halo, math.ceil((tile - image) / 2))
+    pad1 = max(halo, tile - image - pad0)
+    n = math.ceil(image / (tile - 2 * halo))
+    roi = tile - pad0 - pad1
+    roi_starts = tuple(min(roi * i, image - roi) for i in range(n))
+    patch_starts = tuple(min(roi * i - pad0, image - roi - pad0) for i in range(n))
+    return AxisPlan(image, tile, pad0, pad1, roi, patch_starts, roi_starts)
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Everything JDLL decides about one ``(H, W)`` image before running the network."""
+
+    shape: tuple[int, int]
+    tile: tuple[int, int]             # input tile, px
+    halo: tuple[int, int]             # input halo, px
+    in_y: AxisPlan
+    in_x: AxisPlan
+    out_y: AxisPlan
+    out_x: AxisPlan
+
+    @property
+    def n_tiles(self) -> int:
+        return len(self.in_y.patch_starts) * len(self.in_x.patch_starts)
+
+    @property
+    def shifted(self) -> bool:
+        """Whether JDLL's output grid disagrees with its input grid (the one-pixel shift)."""
+        return any(2 * pi != po for a, b in ((self.in_y, self.out_y), (self.in_x, self.out_x))
+                   for pi, po in zip(a.patch_starts, b.patch_starts))
+
+
+def plan(model: JdllModel, shape: tuple[int, int]) -> TilePlan:
+    """The tiles JDLL 0.6.1 uses for an ``(H, W)`` image, with its checks and its messages."""
+    h, w = (int(s) for s in shape)
+    if never_returns(model, (h, w)):
+        raise JdllError(f"JDLL {JDLL_VERSION} never returns for a {h} x {w} image with this rdf "
+                        f"(TileCalculator.checkOutputSize: a tile above {OPTIMAL_MAX_NUMBER_PIXELS} pixels)")
+    if output_too_large(model, (h, w)):
+        raise JdllError(f"the output of a {h} x {w} image exceeds {MAX_ARRAY} pixels, the largest image "
+                        "JDLL (ImgLib2 arrays) and ImageJ can hold")
+    if not model.tiling:
+        raise JdllError("tiling is off in this rdf (config.deepimagej.allow_tiling): not reproduced")
+    tiles = []
+    for size, axis, name in ((h, model.y, "y"), (w, model.x, "x")):
+        t = tile_size(size, axis)
+        if t == -1:
+            t = size
+        if size * 3 < t:  # TileMaker.validateTileVsImageSize
+            raise JdllError("Error in the axes size selected. The axes size introduced in any of the dimensions "
+                            f"cannot be bigger than 3 times the image size of that same axes. The image selected "
+                            f"has {name}-dimension of size {size}and the tile is of size {t}. Maxmum tile size for "
+                            f"{name}-axis in this image is {size * 3}")
+        if axis.step == 0 and axis.min != -1 and t != axis.min:  # validateStepMin
+            raise JdllError(f"Invalid tile size for axis '{name.upper()}'. Only allowed tile size for this axis "
+                            f"is: {axis.min}")
+        out_tile = int(t * axis.scale + 2 * axis.offset)
+        if out_tile - 2 * axis.out_halo <= 0:  # validateTileVsHalo
+            raise JdllError(f"Input size too small, halo would be bigger than the image accross dimension "
+                            f"'{name}'. Toal halo = {2 * axis.out_halo}, image size = {out_tile}.")
+        tiles.append(t)
+    (th, tw), (hy, hx) = tiles, (model.y.halo, model.x.halo)
+    out_h, out_w = int(h * model.y.scale + 2 * model.y.offset), int(w * model.x.scale + 2 * model.x.offset)
+    return TilePlan(
+        shape=(h, w), tile=(th, tw), halo=(hy, hx),
+        in_y=axis_plan(h, th, hy), in_x=axis_plan(w, tw, hx),
+        out_y=axis_plan(out_h, int(th * model.y.scale + 2 * model.y.offset), model.y.out_halo),
+        out_x=axis_plan(out_w, int(tw * model.x.scale + 2 * model.x.offset), model.x.out_halo))
+
+
+def run_tiled(predict_fn: Callable[[np.ndarray], np.ndarray], image: np.ndarray, tp: TilePlan,
+              batch: int = 1) -> np.ndarray:
+    """``DLModelJava.runTiling`` on one preprocessed 2D image: every tile cut from the mirror-extended
+    image, run, and its output ROI written where JDLL's *output* grid puts it.
+
+    ``predict_fn`` maps ``(B, th, tw, 1)`` float32 to ``(B, s*th, s*tw, 1)``."""
+    image = np.asarray(image, np.float32)
+    h, w = tp.shape
+    out = np.zeros((tp.out_y.image, tp.out_x.image), np.float32)
+    specs = [(iy, ix) for iy in range(len(tp.in_y.patch_starts)) for ix in range(len(tp.in_x.patch_starts))]
+    for k in range(0, len(specs), batch):
+        chunk = specs[k: k + batch]
+        tiles = np.stack([image[np.ix_(symmetric_indices(tp.in_y.patch_starts[iy], tp.tile[0], h),
+                                       symmetric_indices(tp.in_x.patch_starts[ix], tp.tile[1], w))]
+                          for iy, ix in chunk])[..., None]
+        result = np.asarray(predict_fn(tiles), np.float32)
+        if result.ndim == 4:
+            result = result[..., 0]
+        for (iy, ix), y in zip(chunk, result):
+            ry, rx = tp.out_y.roi_starts[iy], tp.out_x.roi_starts[ix]
+            oy, ox = ry - tp.out_y.patch_starts[iy], rx - tp.out_x.patch_starts[ix]
+            out[ry: ry + tp.out_y.roi, rx: rx + tp.out_x.roi] = y[oy: oy + tp.out_y.roi, ox: ox + tp.out_x.roi]
+    return out
+
+
+def cut_tiles(image: np.ndarray, tp: TilePlan) -> np.ndarray:
+    """The input tiles JDLL feeds the network, as one ``(n, th, tw, 1)`` float32 batch."""
+    h, w = tp.shape
+    return np.stack([image[np.ix_(symmetric_indices(py, tp.tile[0], h), symmetric_indices(px, tp.tile[1], w))]
+                     for py in tp.in_y.patch_starts for px in tp.in_x.patch_starts]).astype(np.float32)[..., None]
+
+
+def stitch(outputs: np.ndarray, tp: TilePlan) -> np.ndarray:
+    """Place network outputs of :func:`cut_tiles`'s tiles (same order) as JDLL does."""
+    it = iter(np.asarray(outputs, np.float32))
+    return run_tiled(lambda t: np.stack([next(it) for _ in range(len(t))]),
+                     np.zeros(tp.shape, np.float32), tp)
+
+
+# --------------------------------------------------------------------------------------------
+# processing (transformations/ZeroMeanUnitVarianceTransformation.java)
+
+
+def _axes_string(axes: Any) -> Optional[str]:
+    if axes is None:
+        return None
+    if isinstance(axes, str):
+        return "c" if axes == "channel" else axes
+    if isinstance(axes, (list, tuple)):
+        return "".join("c" if a == "channel" else str(a) for a in axes)
+    raise JdllError(f"'axes' parameter has to be an instance of {str}, of a String array or of a List of "
+                    f"Strings. The provided argument is {type(axes)}")
+
+
+def zero_mean_unit_variance(x: np.ndarray, kwargs: dict, tensor_axes: str) -> np.ndarray:
+    """JDLL's ``zero_mean_unit_variance`` on a float copy of ``x`` (axes ``tensor_axes``).
+
+    Fixed mode only (what the bundle uses). Raises :class:`JdllError` with JDLL's message where JDLL
+    throws: for example a scalar ``mean`` with ``axes: xy`` on ``byxc`` (the remaining axes ``bc``
+    send JDLL down its per-axis branch, which needs lists)."""
+    mode = kwargs.get("mode", "per_sample")
+    if mode != "fixed":
+        raise JdllError(f"zero_mean_unit_variance mode '{mode}': not reproduced here (fixed only)")
+    mean, std = kwargs.get("mean"), kwargs.get("std")
+    eps = float(kwargs.get("eps", 1e-6))
+    axes = _axes_string(kwargs.get("axes"))
+    if mean is None or std is None:
+        raise JdllError("If 'mode' parameter equals 'fixed', the 'mean' and 'std' arguments should be provided too.")
+    listed = isinstance(mean, (list, tuple)), isinstance(std, (list, tuple))
+    if listed[0] != listed[1]:
+        raise JdllError("Both arguments 'mean' and 'std' need to be of the same type. Either a single value or an array.")
+    if listed[0] and axes is None:
+        raise JdllError("If 'mean' and 'std' are provided as arrays and 'mode' is 'fixed', the corresponding "
+                        "'axes' argument should be provided too.")
+    selected = "" if axes is None else "".join(a for a in tensor_axes if a.lower() not in axes.lower())
+    data = np.asarray(x, np.float64)
+    if axes is None or selected == "" or len(selected) == len(tensor_axes):
+        if listed[0]:
+            raise JdllError("The parameters 'mean' and 'std' cannot be arrays with the introduced 'axes'.")
+        return ((data - float(mean)) / (float(std) + eps)).astype(np.float32)
+    if not listed[0]:
+        raise JdllError("The parameters 'mean' and ' std' have to be arrays with the introduced 'axes'.")
+    # fixedAxesMeanStd: one (float-cast) mean/std per combination of the remaining axes, first axis fastest
+    idx = [tensor_axes.index(a) for a in selected]
+    sizes = [data.shape[i] for i in idx]
+    out = np.empty(data.shape, np.float32)
+    for c in range(int(np.prod(sizes))):
+        point, rest = [], c
+        for s in sizes:
+            point.append(rest % s)
+            rest //= s
+        if c >= len(mean) or c >= len(std):
+            raise JdllError(f"Index {c} out of bounds for length {min(len(mean), len(std))}")
+        sl = [slice(None)] * data.ndim
+        for i, p in zip(idx, point):
+            sl[i] = slice(p, p + 1)
+        m, s = float(np.float32(mean[c])), float(np.float32(std[c]))
+        out[tuple(sl)] = ((data[tuple(sl)] - m) / (s + eps)).astype(np.float32)
+    return out
+
+
+def apply_processing(x: np.ndarray, ops: list, tensor_axes: str) -> np.ndarray:
+    """Every op of a pre- or postprocessing list, in order, on a float copy (``Processing`` in 0.6.1)."""
+    y = np.asarray(x, np.float32).copy()
+    for op in ops:
+        name = op.get("name")
+        if name == "zero_mean_unit_variance":
+            y = zero_mean_unit_variance(y, op.get("kwargs") or {}, tensor_axes)
+        else:
+            raise JdllError(f"processing op '{name}': not reproduced by export.jdll")
+    return y
+
+
+def check_processing(model: JdllModel) -> None:
+    """Run both processing lists on a 1-pixel tensor: raises JDLL's exception where JDLL would."""
+    one = np.zeros((1,) * len(model.axes), np.float32)
+    apply_processing(one, model.preprocessing, model.axes)
+    apply_processing(one, model.postprocessing, model.axes)
+
+
+# --------------------------------------------------------------------------------------------
+# the whole path
+
+
+def predict(model: JdllModel, predict_fn: Callable[[np.ndarray], np.ndarray], image: np.ndarray,
+            batch: int = 1) -> np.ndarray:
+    """Raw 2D image -> DeepImageJ 3.1's output: float copy, preprocessing on the whole image, JDLL's
+    tiles, the network (``predict_fn``, normalised ``(B, th, tw, 1)`` in and out), stitching as JDLL
+    stitches, postprocessing on the whole output."""
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise JdllError(f"expected one 2D plane, got shape {image.shape}")
+    if model.axes != "byxc":
+        raise JdllError(f"input axes '{model.axes}': only byxc is reproduced")
+    tp = plan(model, image.shape)
+    x = apply_processing(image.astype(np.float32)[None, :, :, None], model.preprocessing, model.axes)
+    y = run_tiled(predict_fn, x[0, :, :, 0], tp, batch=batch)
+    return apply_processing(y[None, :, :, None], model.postprocessing, model.axes)[0, :, :, 0]
+
+
+# --------------------------------------------------------------------------------------------
+# what fiji_macros/deepimagej_batch_folder.ijm adds around DeepImageJ for small images
+
+
+def macro_canvas(model: JdllModel, shape: tuple[int, int]) -> tuple[int, int]:
+    """The size the batch macro mirror-pads an image to before DeepImageJ: a side shorter than
+    ``tile - 2 * halo`` is raised to the tile, which avoids JDLL's two small-image problems (the
+    "3 x the image" refusal and the one-pixel output shift). Other sides are left alone."""
+    out = []
+    for size, axis in zip(shape, (model.y, model.x)):
+        tile = tile_size(int(size), axis)
+        out.append(tile if axis.step == 0 and size < tile - 2 * axis.halo else int(size))
+    return out[0], out[1]
+
+
+def predict_like_macro(model: JdllModel, predict_fn: Callable[[np.ndarray], np.ndarray],
+                       image: np.ndarray) -> np.ndarray:
+    """The batch macro's path: pad at the bottom/right (numpy ``symmetric``) to :func:`macro_canvas`,
+    run DeepImageJ (:func:`predict`), crop the output back to ``scale x`` the image."""
+    image = np.asarray(image)
+    h, w = image.shape
+    ch, cw = macro_canvas(model, (h, w))
+    canvas = image[np.ix_(symmetric_indices(0, ch, h), symmetric_indices(0, cw, w))]
+    out = predict(model, predict_fn, canvas)
+    return out[: int(h * model.y.scale), : int(w * model.x.scale)]
