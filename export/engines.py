@@ -338,6 +338,7 @@ class EngineResult:
     load_seconds: Optional[float] = None
     run_seconds: Optional[float] = None
     env_seconds: Optional[float] = None  # time spent getting the environment (0 when cached)
+    peak_rss_mb: Optional[float] = None  # peak resident memory of the engine process
     reason: str = ""                 # why skipped / failed, or notes
 
     @property
@@ -427,40 +428,68 @@ def _resolve(engines: Optional[Iterable[Union[str, Engine]]]) -> list[Engine]:
 
 def check_engines(bundle_path: Union[str, Path], engines: Optional[Sequence[Union[str, Engine]]] = None,
                   cache_dir: Optional[Path] = None, rebuild: bool = False,
-                  timeout: int = 600) -> list[EngineResult]:
+                  timeout: int = 1800, deepimagej: bool = True) -> list[EngineResult]:
     """Load the bundle in each engine and compare with its test output. One row per engine x loader.
 
     ``engines``: keys of :data:`ENGINES` (or Engine objects); default all four. An engine whose
     environment cannot be had is one "skipped" row with the reason. Nothing is raised for a model
-    that fails to load or to match: that is a "failed" row.
+    that fails to load or to match: that is a "failed" row. ``deepimagej``: also run the test input
+    the way DeepImageJ 3.1 does (``export.jdll``: JDLL 0.6.1's tiles, mirror-padded by the halo, one
+    tile per call, stitched as JDLL stitches), rows with loader ``<loader>+deepimagej``.
     """
     selected = _resolve(engines)
     results: list[EngineResult] = []
     with _open_bundle(Path(bundle_path)) as root:
         bundle = _read(root)
+        from export import jdll
         from export.processing import postprocess, preprocess
 
         info = bundle.info
         raw = np.load(info.test_input)
         expected = np.load(info.test_output).astype(np.float32)
         x = preprocess(raw, info.input_mean, info.input_std)
+        post = lambda y: postprocess(y, info.target_mean, info.target_std)  # noqa: E731
         log.info("bundle %s: test input %s -> expected output %s; input '%s', output '%s'",
                  info.root, tuple(raw.shape), tuple(expected.shape), bundle.input_key, bundle.output_key)
         with tempfile.TemporaryDirectory(prefix="w2sr-engines-") as tmp:
             x_path = Path(tmp) / "network_input.npy"
             np.save(x_path, x)
+            tiles_job = None
+            if deepimagej:
+                jmodel = jdll.JdllModel.from_rdf(bundle.rdf_doc)
+                try:  # DeepImageJ's own processing of the raw test input, then its tiles
+                    tp = jdll.plan(jmodel, raw.shape[1:3])
+                    xj = jdll.apply_processing(raw, jmodel.preprocessing, jmodel.axes)[0, :, :, 0]
+                    tiles_path = Path(tmp) / "deepimagej_tiles.npy"
+                    np.save(tiles_path, jdll.cut_tiles(xj, tp))
+
+                    def stitch_post(y: np.ndarray, tp=tp, jmodel=jmodel) -> np.ndarray:
+                        out = jdll.stitch(y, tp)[None, :, :, None]
+                        return jdll.apply_processing(out, jmodel.postprocessing, jmodel.axes)
+
+                    tiles_job = (tiles_path, stitch_post, f"{tp.n_tiles} tiles of {tp.tile[0]} x {tp.tile[1]}, "
+                                                          f"halo {tp.halo[0]}")
+                except jdll.JdllError as exc:
+                    results.append(EngineResult(engine="deepimagej", label="DeepImageJ 3.1", loader="-",
+                                                status="failed", reason=f"JDLL {jdll.JDLL_VERSION} throws: {exc}"))
             for engine in selected:
-                rows = _check_one(engine, bundle, x_path, expected, Path(tmp), cache_dir, rebuild, timeout,
-                                  lambda y: postprocess(y, info.target_mean, info.target_std))
+                rows = _check_one(engine, bundle, x_path, expected, Path(tmp), cache_dir, rebuild, timeout, post)
+                if tiles_job is not None and any(r.loaded for r in rows):
+                    rows += _check_one(engine, bundle, tiles_job[0], expected, Path(tmp), cache_dir, rebuild,
+                                       timeout, tiles_job[1], mode="deepimagej", note=tiles_job[2])
                 for r in rows:
-                    log.info("%-8s %-12s %s%s", r.engine, r.loader, r.status.upper(),
+                    log.info("%-8s %-24s %s%s", r.engine, r.loader, r.status.upper(),
                              f" - {r.reason}" if r.reason else "")
                 results += rows
     return results
 
 
 def _check_one(engine: Engine, bundle: _Bundle, x_path: Path, expected: np.ndarray, tmp: Path,
-               cache_dir: Optional[Path], rebuild: bool, timeout: int, post) -> list[EngineResult]:
+               cache_dir: Optional[Path], rebuild: bool, timeout: int, post, mode: str = "whole",
+               note: str = "") -> list[EngineResult]:
+    """Run one job in ``engine``'s environment. ``mode`` "whole": ``x_path`` holds the whole
+    preprocessed test input; "deepimagej": it holds DeepImageJ's tiles, run one per call, and
+    ``post`` stitches and postprocesses them."""
     base = dict(engine=engine.key, label=engine.label)
     info = bundle.info
     weights = info.savedmodel_zip if engine.runtime == "tensorflow" else info.onnx_path
@@ -479,15 +508,15 @@ def _check_one(engine: Engine, bundle: _Bundle, x_path: Path, expected: np.ndarr
                              env_seconds=round(time.time() - t0, 1))]
     env_s = round(time.time() - t0, 1)
 
-    work = tmp / engine.key
+    work = tmp / f"{engine.key}-{mode}"
     work.mkdir()
     job = {"input_npy": str(x_path), "out_dir": str(work), "input_key": bundle.input_key,
-           "output_key": bundle.output_key, "tf2_loader": True}
+           "output_key": bundle.output_key, "tf2_loader": mode == "whole", "per_sample": mode == "deepimagej"}
     job["savedmodel_zip" if engine.runtime == "tensorflow" else "onnx"] = str(Path(weights).resolve())
     job_path, result_path = work / "job.json", work / "result.json"
     job_path.write_text(json.dumps(job))
     cmd = [str(env_dir / "bin" / "python"), str(engine.script), str(job_path), str(result_path)]
-    log.info("engine %s: running %s in %s", engine.key, engine.script.name, env_dir)
+    log.info("engine %s: running %s (%s) in %s", engine.key, engine.script.name, mode, env_dir)
     t0 = time.time()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=_clean_env(), timeout=timeout,
@@ -505,7 +534,7 @@ def _check_one(engine: Engine, bundle: _Bundle, x_path: Path, expected: np.ndarr
         return [EngineResult(**base, loader="-", status="failed", env_seconds=env_s, seconds=seconds,
                              reason=f"engine process exited {rc}: {_tail(stderr, 4)}")]
     res = json.loads(result_path.read_text())
-    notes = []
+    notes = [note] if note else []
     if engine.runtime == "tensorflow":
         declared = bundle.tensorflow_version
         if declared and declared.split(".")[0] != engine.version.split(".")[0]:
@@ -516,10 +545,11 @@ def _check_one(engine: Engine, bundle: _Bundle, x_path: Path, expected: np.ndarr
     rows = []
     for loader, entry in res["loaders"].items():
         row = EngineResult(
-            **base, loader=loader, status="failed", required=(loader != "tf2_load"),
+            **base, loader=loader if mode == "whole" else f"{loader}+{mode}", status="failed",
+            required=(loader != "tf2_load"),
             runtime_version=res.get("version"), python=res.get("python"), loaded=entry.get("loaded"),
             seconds=seconds, load_seconds=_r(entry.get("load_s")), run_seconds=_r(entry.get("run_s")),
-            env_seconds=env_s,
+            env_seconds=env_s, peak_rss_mb=_r(res.get("peak_rss_mb")),
         )
         reasons = list(notes)
         if entry.get("ran"):
@@ -556,7 +586,7 @@ def _clip(text: str, n: int = 400) -> str:
 
 def format_table(results: Sequence[EngineResult]) -> str:
     """A fixed-width table of the rows, then one line per reason."""
-    head = ("engine", "loader", "runtime", "python", "loaded", "max|diff|", "in tol", "seconds", "status")
+    head = ("engine", "loader", "runtime", "python", "loaded", "max|diff|", "in tol", "seconds", "peak MB", "status")
     rows = []
     for r in results:
         rows.append((
@@ -565,6 +595,7 @@ def format_table(results: Sequence[EngineResult]) -> str:
             "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}",
             "-" if r.within_tolerance is None else ("yes" if r.within_tolerance else "NO"),
             "-" if r.seconds is None else f"{r.seconds:.1f}",
+            "-" if r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f}",
             r.status.upper() + ("" if r.required else " (info)"),
         ))
     widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]

@@ -213,6 +213,8 @@ def build_rdf(p: RdfParams) -> dict:
             },
             "w2sr": {**p.w2sr, "network": {
                 "padding": p.padding, "padding_mode": "symmetric", "any_size_from": p.any_size_from,
+                # one "key: N" line each, read by fiji_macros/*.ijm (rdfNumber)
+                "deepimagej_tile": p.tile, "deepimagej_halo": p.halo,
                 "note": "the graph pads its input symmetrically by `padding` px and crops the output, so "
                         "DeepImageJ's mirror-padded tiles and whole-image inference give the same pixels; "
                         "the weights run any input side >= any_size_from (the rdf fixes DeepImageJ's tile)"}},
@@ -253,7 +255,37 @@ def validate_rdf_format(rdf_path: Path, format_version: str = "discover") -> Any
     return descr
 
 
-def make_zoo_package(rdf_path: Path, out_zip: Path) -> Path:
+def jdll_friendlier_05(descr: Any, model_id: Optional[str]) -> None:
+    """Make the 0.5 description as readable by DeepImageJ 3.1 (JDLL 0.6.1) as bioimageio.spec allows.
+
+    Measured on the demo package (``bioimageio test`` with bioimageio.core 0.11 / spec 0.5.12), each
+    change on its own:
+
+    * ``fixed_zero_mean_unit_variance`` with scalar ``mean``/``std`` and no ``axis`` (the converter
+      writes one-element lists along ``axis: channel``, on which JDLL throws
+      ArrayIndexOutOfBoundsException): test passes -> applied;
+    * an ``id`` (JDLL throws NullPointerException without one): test passes, no warning -> applied;
+    * ``documentation`` as a plain string (JDLL throws ClassCastException on ``{source, sha256}``):
+      spec 0.5.12 rejects it ("Input should be a valid dictionary or instance of FileDescr") -> not
+      possible;
+    * output axis ``scale: 0.5`` (spec-correct for 2x; JDLL multiplies by it: half-size output) ->
+      not possible.
+
+    So JDLL 0.6.1 still cannot run the 0.5 package; ``rdf.yaml`` (0.4.10) is DeepImageJ's file."""
+    from bioimageio.spec.model import v0_5
+
+    for tensor in list(descr.inputs) + list(descr.outputs):
+        steps = list(getattr(tensor, "preprocessing", []) or []) + list(getattr(tensor, "postprocessing", []) or [])
+        for op in steps:
+            if isinstance(op, v0_5.FixedZeroMeanUnitVarianceDescr) and \
+                    isinstance(op.kwargs, v0_5.FixedZeroMeanUnitVarianceAlongAxisKwargs) and \
+                    len(op.kwargs.mean) == 1 and len(op.kwargs.std) == 1:
+                op.kwargs = v0_5.FixedZeroMeanUnitVarianceKwargs(mean=op.kwargs.mean[0], std=op.kwargs.std[0])
+    if model_id:
+        descr.id = v0_5.ModelId(model_id)
+
+
+def make_zoo_package(rdf_path: Path, out_zip: Path, model_id: Optional[str] = None) -> Path:
     """Convert the 0.4.10 description to format 0.5 (bioimageio.spec's converter) and package it.
 
     The zoo tolerance is written into ``config.bioimageio.reproducibility_tolerance`` so that
@@ -265,6 +297,7 @@ def make_zoo_package(rdf_path: Path, out_zip: Path) -> Path:
     descr = validate_rdf_format(rdf_path, format_version="latest")
     if not isinstance(descr, v0_5.ModelDescr):
         raise UserError(f"{rdf_path}: conversion to format 0.5 gave {type(descr).__name__}")
+    jdll_friendlier_05(descr, model_id)
     # a new node (not an attribute edit), so that the serialiser sees the field as set
     descr.config.bioimageio = v0_5.BioimageioConfig(reproducibility_tolerance=[
         v0_5.ReproducibilityTolerance(relative_tolerance=RTOL, absolute_tolerance=ATOL)
@@ -349,7 +382,7 @@ Keras {exported_with.get('keras')}, tf2onnx {exported_with.get('tf2onnx')}.
 
 | file | what |
 |---|---|
-| `rdf.yaml` | BioImage.IO description, format 0.4.10 (what DeepImageJ 3 sizes correctly for a 2x model) |
+| `rdf.yaml` | **the file for DeepImageJ**: BioImage.IO description, format 0.4.10 (what DeepImageJ 3.1 / JDLL 0.6.1 reads, sizes and tiles correctly for a 2x model); also passes `bioimageio test` |
 | `tf_saved_model.zip` | frozen-graph TensorFlow SavedModel (`saved_model.pb` + `variables/` at the zip root), tag `serve`, signature `serving_default`, `input` -> `output`; declared `tensorflow_version: 1.15` (runs in TF 1.15 and 2.x) |
 | `weights.onnx` | the same graph in ONNX, opset 17, input `input`, output `output`, dynamic batch/height/width |
 | `test_input.npy`, `test_output.npy` | float32 test tensors (axes byxc), raw input and postprocessed output |
@@ -361,7 +394,7 @@ Keras {exported_with.get('keras')}, tf2onnx {exported_with.get('tf2onnx')}.
 | `parity.md`, `parity.json` | the validation below, as tables and as data |
 | `generator.keras` | the Keras generator (only in the bundle folder, not in the packages; not a weight format DeepImageJ reads) |
 | `packages/{name}_deepimagej.zip` | this folder zipped for DeepImageJ (install dialog, or unzip into `Fiji.app/models/{name}/`) |
-| `packages/{name}_zoo-0.5.zip` | format 0.5 package of the same weights for the BioImage.IO model zoo |
+| `packages/{name}_zoo-0.5.zip` | **the file for the BioImage.IO model zoo** and bioimageio.core: format 0.5 package of the same weights. Not for DeepImageJ 3.1: JDLL 0.6.1 throws on the `documentation: {{source, sha256}}` that bioimageio.spec requires in 0.5, and reads the spec-correct output `scale: 0.5` as a multiplier (half-size output). Its processing (scalar `fixed_zero_mean_unit_variance`) and `id` are written the way JDLL reads them, so only those two remain |
 
 ## Using it
 

@@ -56,6 +56,7 @@ var OUTPUT_SUFFIX = "_sr.tif";
 var IMAGE_EXTENSIONS = newArray(".tif", ".tiff", ".png", ".jpg", ".jpeg", ".gif", ".bmp");
 var TMP_PLANE = "w2sr_plane_";
 var OUT_PLANE = "w2sr_result_plane_";
+var SKIP = "SKIP: "; // prefix of predictImage's reasons to skip (not fail) an image
 
 arg = getArgument();
 if (arg == "") {
@@ -137,6 +138,10 @@ for (i = 0; i < images.length; i++) {
     if (err == "") {
         nDone++;
         print("[" + (i + 1) + "/" + images.length + "] done " + name + " -> " + outPath + " (" + d2s((getTime() - t1) / 1000, 1) + " s)");
+    } else if (startsWith(err, SKIP)) {
+        nSkipped++;
+        skippedNames = skippedNames + " " + name;
+        print("[" + (i + 1) + "/" + images.length + "] WARNING: skipped " + name + ": " + substring(err, lengthOf(SKIP)));
     } else {
         nFailed++;
         failedNames = failedNames + " " + name;
@@ -356,6 +361,13 @@ function predictImage(src, outPath, model, tmp) {
     if (bitDepth() == 24)
         return "RGB colour image: the model takes one channel (convert to 8/16/32-bit grayscale first)";
     getDimensions(width, height, channels, slices, frames);
+    tooLarge = deepImageJLimit(model, width, height);
+    if (tooLarge != "")
+        return SKIP + tooLarge;
+    tile = rdfNumber(model, "deepimagej_tile");
+    halo = rdfNumber(model, "deepimagej_halo");
+    canvasW = paddedSide(width, tile, halo);
+    canvasH = paddedSide(height, tile, halo);
     getVoxelSize(pw, ph, pd, unit);
     unit = singularUnit(unit);
     frameInterval = Stack.getFrameInterval();
@@ -372,6 +384,7 @@ function predictImage(src, outPath, model, tmp) {
         if (nSlices != 1)
             return "could not take plane " + plane + " out of the stack";
         run("32-bit"); // before DeepImageJ: its pre-processing would run on 8/16-bit integers
+        mirrorPadTo(canvasW, canvasH);
         saveAs("Tiff", inDir + TMP_PLANE + IJ.pad(plane, 6) + ".tif");
         close();
     }
@@ -385,9 +398,14 @@ function predictImage(src, outPath, model, tmp) {
             return "DeepImageJ Run wrote no output" + where + "; its error is in the Log / Console (DeepImageJ 3.1 or newer? does the model run on this image?)";
         }
         open(outDir + result);
-        if (getWidth() != 2 * width || getHeight() != 2 * height || bitDepth() != 32) {
+        if (getWidth() != 2 * canvasW || getHeight() != 2 * canvasH || bitDepth() != 32) {
             got = "" + getWidth() + "x" + getHeight() + ", " + bitDepth() + "-bit";
-            return "unexpected model output " + got + " (expected " + (2 * width) + "x" + (2 * height) + ", 32-bit): is this the w2sr 2x model?";
+            return "unexpected model output " + got + " (expected " + (2 * canvasW) + "x" + (2 * canvasH) + ", 32-bit): is this the w2sr 2x model?";
+        }
+        if (canvasW != width || canvasH != height) {
+            makeRectangle(0, 0, 2 * width, 2 * height); // drop what the mirror padding added
+            run("Crop");
+            run("Select None");
         }
         rename(OUT_PLANE + IJ.pad(plane, 6));
         out = getImageID();
@@ -420,6 +438,73 @@ function predictImage(src, outPath, model, tmp) {
         return "cannot write " + outPath;
     }
     return "";
+}
+
+// A number written as "key: N" on a line of the model's rdf.yaml (-1 when absent). The w2sr
+// exporter writes config.w2sr.network.deepimagej_tile / deepimagej_halo that way.
+function rdfNumber(model, key) {
+    lines = split(File.openAsString(model + File.separator + "rdf.yaml"), "\n");
+    for (k = 0; k < lines.length; k++) {
+        t = replace(lines[k], " ", "");
+        if (startsWith(t, key + ":"))
+            return parseInt(substring(t, lengthOf(key) + 1));
+    }
+    return -1;
+}
+
+// "" when DeepImageJ 3.1 (JDLL 0.6.1) can run a width x height plane with this bundle, else why not.
+// JDLL holds the whole 2x output in one array (at most 2^31 - 1 pixels); and when the rdf lets the
+// tile grow with the image (no deepimagej_tile: older bundles), a tile above 4096*4096*3 pixels
+// sends JDLL's TileCalculator.checkOutputSize into a loop that never returns.
+function deepImageJLimit(model, width, height) {
+    use = " - use 'w2sr predict' (Python, tiled, any size) for this image";
+    if (4.0 * width * height > 2147483647)
+        return "" + width + "x" + height + " is too large for DeepImageJ 3.1: its 2x output would exceed 2^31-1 pixels, the largest image JDLL and ImageJ hold" + use;
+    if (rdfNumber(model, "deepimagej_tile") <= 0) {
+        h = maxOf(0, rdfNumber(model, "deepimagej_halo"));
+        if (h == 0) h = 32; // unknown halo: a generous guess
+        if ((width + 2.0 * h) * (height + 2.0 * h) > 4096.0 * 4096 * 3)
+            return "" + width + "x" + height + " is above DeepImageJ 3.1's limit for this model: JDLL 0.6.1 takes the whole image as one tile and never returns above 4096*4096*3 pixels" + use;
+    }
+    return "";
+}
+
+// The side a plane is mirror-padded to before DeepImageJ: sides shorter than tile - 2*halo become
+// the tile. JDLL 0.6.1 refuses a tile more than 3x the image side and, when tile - side is odd,
+// shifts such an output by one pixel; padding to the tile avoids both (fiji_macros/README.md).
+function paddedSide(side, tile, halo) {
+    if (tile > 0 && side < tile - 2 * maxOf(halo, 0))
+        return tile;
+    return side;
+}
+
+// Mirror index (numpy "symmetric": the edge pixel repeated) of i in 0..n-1.
+function fold(i, n) {
+    i = i % (2 * n);
+    if (i >= n)
+        i = 2 * n - 1 - i;
+    return i;
+}
+
+// Replaces the active single-plane 32-bit image by itself mirror-padded at the bottom and right
+// to w x h (same title), as export.jdll.predict_like_macro does.
+function mirrorPadTo(w, h) {
+    sw = getWidth();
+    sh = getHeight();
+    if (w == sw && h == sh)
+        return;
+    title = getTitle();
+    pix = newArray(sw * sh);
+    for (y = 0; y < sh; y++)
+        for (x = 0; x < sw; x++)
+            pix[y * sw + x] = getPixel(x, y);
+    close();
+    newImage(title, "32-bit black", w, h, 1);
+    for (y = 0; y < h; y++) {
+        row = fold(y, sh) * sw;
+        for (x = 0; x < w; x++)
+            setPixel(x, y, pix[row + fold(x, sw)]);
+    }
 }
 
 // ---- end of shared functions ----

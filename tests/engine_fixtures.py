@@ -42,7 +42,7 @@ def make_tiny_bundle(root: Path) -> Path:
     run = make_tiny_run(root)
     out = Path(root) / "bundle"
     # bioimageio test and the timing subprocess are other tests' business; here only the files count
-    result = export_bundle(run, out, bioimageio=False, measure=False)
+    result = export_bundle(run, out, bioimageio=False, measure=False, tile=128)
     bundle = Path(result) if isinstance(result, (str, Path)) else out
     assert (bundle / "rdf.yaml").exists(), f"export_bundle wrote no rdf.yaml in {bundle}"
     return bundle
@@ -55,12 +55,16 @@ def write_unfrozen_savedmodel_zip(bundle: Path, zip_path: Path) -> Path:
 
     import training.models  # noqa: F401 - registers the custom layers for load_model
 
+    from export.bundle_info import read_bundle
+    from export.padding import crop_tf, pad_tf
+
     model = keras.models.load_model(Path(bundle).parent / "run" / "generator.keras", compile=False)
+    pad = read_bundle(bundle).padding  # the same in-graph padding as the frozen export
     archive = keras.export.ExportArchive()
     archive.track(model)
 
     def serve(input):  # noqa: A002 - the signature key must be "input", as in the rdf
-        return {"output": model(input, training=False)}
+        return {"output": crop_tf(model(pad_tf(input, pad), training=False), pad)}
 
     archive.add_endpoint("serving_default", serve,
                          input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32, name="input")])

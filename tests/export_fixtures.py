@@ -57,7 +57,7 @@ def exported_bundle(tmp_path_factory, tiny_run) -> Path:
         from export.bundle import export_bundle
 
         out = _session_dir(tmp_path_factory, "export-out") / "bundle"
-        _CACHE["bundle"] = export_bundle(tiny_run, out, name="w2sr-tiny-test")
+        _CACHE["bundle"] = export_bundle(tiny_run, out, name="w2sr-tiny-test", tile=128)
     return _CACHE["bundle"]
 
 

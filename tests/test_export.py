@@ -195,23 +195,29 @@ def test_onnx_opset_names_and_dynamic_dims(exported_bundle):
 
 
 def test_too_small_halo_fails_the_tolerance(exported_bundle):
-    """The measured halo passes tiled-vs-whole; one pixel less does not (for this network)."""
+    """The generator's measured halo passes tiled-vs-whole and one pixel less does not; the bundle's
+    halo (= the graph's own padding) adds a margin and passes on the exported weights."""
     from export.bundle import tiled_max_diff
     from export.bundle_info import read_bundle
     from export.processing import postprocess, preprocess
-    from export.runtimes import OnnxRuntime
+    from export.runtimes import KerasRuntime, OnnxRuntime
 
     info = read_bundle(exported_bundle)
-    rt = OnnxRuntime(info.onnx_path, providers=["CPUExecutionProvider"])
+    measured = _rdf(exported_bundle)["config"]["w2sr"]["halo"]
+    g = measured["generator_halo"]
+    assert measured["halo"] == info.halo == info.padding > g and measured["too_small"] == g - 1
+    assert measured["too_small_fails"] is True and measured["converged"]
     x = preprocess(np.load(info.test_input)[0, :, :, 0], info.input_mean, info.input_std)
     post = lambda y: postprocess(y, info.target_mean, info.target_std)  # noqa: E731
+    rt = OnnxRuntime(info.onnx_path, providers=["CPUExecutionProvider"])
     ref = post(rt.predict(x[None, :, :, None])[0, :, :, 0])
     _, ok = tiled_max_diff(rt.predict, x, ref, post, info.halo, 2 * info.halo + 16)
     assert ok
-    d_small, ok_small = tiled_max_diff(rt.predict, x, ref, post, info.halo - 1, 2 * (info.halo - 1) + 16)
-    assert not ok_small, d_small
-    measured = _rdf(exported_bundle)["config"]["w2sr"]["halo"]
-    assert measured["halo"] == info.halo and measured["too_small_fails"] is True and measured["converged"]
+    plain = KerasRuntime(exported_bundle / "generator.keras")  # the generator without graph padding
+    ref_plain = post(plain.predict(x[None, :, :, None])[0, :, :, 0])
+    _, ok_g = tiled_max_diff(plain.predict, x, ref_plain, post, g, 2 * g + 16)
+    d_small, ok_small = tiled_max_diff(plain.predict, x, ref_plain, post, g - 1, 2 * (g - 1) + 16)
+    assert ok_g and not ok_small, d_small
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,7 +233,7 @@ def test_exporting_twice_gives_identical_weights(exported_bundle, tiny_run, tmp_
     shutil.copytree(exported_bundle, tmp_path / "again")
     (tmp_path / "again" / "stale.txt").write_text("from the old bundle")
     again = export_bundle(tiny_run, tmp_path / "again", name="w2sr-tiny-test", bioimageio=False,
-                          measure=False, odd_sizes=())
+                          measure=False, odd_sizes=(), tile=128)
     assert again == tmp_path / "again" and not (again / "stale.txt").exists()
     for f in ("tf_saved_model.zip", "weights.onnx", "test_input.npy", "test_output.npy"):
         assert _sha(again / f) == _sha(exported_bundle / f), f
@@ -249,7 +255,7 @@ def test_refuses_to_overwrite_a_folder_that_is_not_a_bundle(tiny_run, tmp_path):
 
 def test_existing_bundle_is_replaced_only_by_a_validated_one(exported_bundle, tiny_run, tmp_path):
     """Another model's bundle needs --force; the same model's is updated, but only by a bundle that
-    validated: halo 0 fails the tiled-vs-whole check and leaves the old bundle untouched."""
+    validated: halo 0 fails the tiled-vs-whole checks and leaves the old bundle untouched."""
     import shutil
 
     from export.bundle import export_bundle
@@ -260,7 +266,7 @@ def test_existing_bundle_is_replaced_only_by_a_validated_one(exported_bundle, ti
     with pytest.raises(UserError, match="another model.*--force"):
         export_bundle(tiny_run, out, name="other-model", bioimageio=False, measure=False, odd_sizes=())
     for kw in ({"name": "w2sr-tiny-test"}, {"name": "other-model", "force": True}):
-        with pytest.raises(UserError, match="failed validation"):
+        with pytest.raises(UserError, match="no halo up to 0 px reproduces"):
             export_bundle(tiny_run, out, halo=0, bioimageio=False, measure=False, odd_sizes=(), **kw)
     after = {p.relative_to(out): _sha(p) for p in out.rglob("*") if p.is_file()}
     assert after == before

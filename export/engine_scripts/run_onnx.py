@@ -3,12 +3,13 @@
 Runs inside the engine environment (Python 3.10, onnxruntime 1.13.1): plain Python 3.7-compatible
 code that imports nothing from the w2sr project. Same job/result files as run_savedmodel.py:
 
-job:    {"onnx", "input_npy" (already preprocessed, float32 (B,H,W,1)), "out_dir"}
-result: {"runtime": "onnxruntime", "version", "python", "loaders": {"ort_session": {...}}}
+job:    {"onnx", "input_npy" (already preprocessed, float32 (B,H,W,1)), "out_dir", "per_sample": bool}
+result: {"runtime": "onnxruntime", "version", "python", "peak_rss_mb", "loaders": {"ort_session": {...}}}
 """
 import json
 import os
 import platform
+import resource
 import sys
 import time
 import traceback
@@ -48,7 +49,13 @@ def main(job_path, result_path):
                             "input_shape": [str(d) for d in inputs[0].shape]}
         t0 = time.time()
         # by position: the first graph input gets the (only) rdf input, the first output is read
-        y = sess.run([outputs[0].name], {inputs[0].name: x})[0]
+        def call(b):
+            return sess.run([outputs[0].name], {inputs[0].name: b})[0]
+
+        if job.get("per_sample"):  # DeepImageJ's tiles: one per call
+            y = np.concatenate([call(x[i:i + 1]) for i in range(len(x))])
+        else:
+            y = call(x)
         entry["run_s"] = time.time() - t0
         entry["ran"] = True
         out = os.path.join(job["out_dir"], "ort_session.npy")
@@ -59,6 +66,7 @@ def main(job_path, result_path):
         entry["error"] = ("run failed: " if entry["loaded"] else "load failed: ") + _short_error(exc)
         entry.setdefault("load_s", time.time() - t0)
     result["loaders"]["ort_session"] = entry
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print("[engine] onnxruntime {}: loaded={} ran={} {}".format(
         ort.__version__, entry["loaded"], entry["ran"], entry.get("error", "")))
     with open(result_path, "w") as fh:

@@ -5,9 +5,11 @@ it is plain Python 3.7 and imports nothing from the w2sr project. The host proce
 (``export.engines``) hands it a job file (JSON) and reads back a result file (JSON):
 
 job:    {"savedmodel_zip", "input_npy" (already preprocessed, float32 (B,H,W,1)), "out_dir",
-         "input_key", "output_key", "tf2_loader": bool}
+         "input_key", "output_key", "tf2_loader": bool, "per_sample": bool}
 result: {"runtime": "tensorflow", "version", "python", "unzipped": [names at the zip root],
-         "loaders": {"v1_session": {...}, "tf2_load": {...}}}
+         "peak_rss_mb", "loaders": {"v1_session": {...}, "tf2_load": {...}}}
+"per_sample": run the batch one sample at a time (DeepImageJ's tiles: one tile per call), so the
+process's peak memory is that of one tile.
 each loader entry: {"loaded": bool, "ran": bool, "output_npy", "shape", "load_s", "run_s", "error"}
 
 Loader "v1_session" is what JDLL's TF1 and TF2 Java engines do (SavedModelBundle.load): a
@@ -18,6 +20,7 @@ reported for information (DeepImageJ does not use it).
 import json
 import os
 import platform
+import resource
 import shutil
 import sys
 import tempfile
@@ -45,7 +48,18 @@ def unzip_like_deepimagej(zip_path, dest):
     return names
 
 
-def run_v1_session(tf, model_dir, x, input_key, output_key):
+def run_batch(call, x, per_sample):
+    """call(x) on the whole batch, or on one sample at a time."""
+    if not per_sample:
+        return call(x)
+    return np.concatenate([np.asarray(call(x[i:i + 1])) for i in range(len(x))])
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_v1_session(tf, model_dir, x, input_key, output_key, per_sample=False):
     v1 = tf.compat.v1
     entry = {"loaded": False, "ran": False}
     graph = v1.Graph()
@@ -73,7 +87,7 @@ def run_v1_session(tf, model_dir, x, input_key, output_key):
         out_name = sig.outputs[output_key].name
         entry["tensors"] = {"input": in_name, "output": out_name}
         t0 = time.time()
-        y = sess.run(out_name, feed_dict={in_name: x})
+        y = run_batch(lambda b: sess.run(out_name, feed_dict={in_name: b}), x, per_sample)
         entry["run_s"] = time.time() - t0
         entry["ran"] = True
         return entry, np.asarray(y, dtype=np.float32)
@@ -84,7 +98,7 @@ def run_v1_session(tf, model_dir, x, input_key, output_key):
         sess.close()
 
 
-def run_tf2_load(tf, model_dir, x, input_key, output_key):
+def run_tf2_load(tf, model_dir, x, input_key, output_key, per_sample=False):
     entry = {"loaded": False, "ran": False}
     t0 = time.time()
     try:
@@ -98,11 +112,14 @@ def run_tf2_load(tf, model_dir, x, input_key, output_key):
     entry["loaded"] = True
     try:
         t0 = time.time()
-        result = fn(**{input_key: tf.constant(x)})
-        if output_key not in result:
-            raise KeyError("signature 'serving_default' returned {} without '{}'".format(
-                sorted(result.keys()), output_key))
-        y = result[output_key].numpy()
+        def call(b):
+            result = fn(**{input_key: tf.constant(b)})
+            if output_key not in result:
+                raise KeyError("signature 'serving_default' returned {} without '{}'".format(
+                    sorted(result.keys()), output_key))
+            return result[output_key].numpy()
+
+        y = run_batch(call, x, per_sample)
         entry["run_s"] = time.time() - t0
         entry["ran"] = True
         return entry, np.asarray(y, dtype=np.float32)
@@ -135,7 +152,7 @@ def main(job_path, result_path):
             loaders.append(("tf2_load", run_tf2_load))
         for name, fn in loaders:
             try:
-                entry, y = fn(tf, model_dir, x, job["input_key"], job["output_key"])
+                entry, y = fn(tf, model_dir, x, job["input_key"], job["output_key"], job.get("per_sample", False))
             except Exception as exc:  # noqa: BLE001 - never lose the other loader's result
                 entry, y = {"loaded": False, "ran": False, "error": _short_error(exc)}, None
             if y is not None:
@@ -148,6 +165,7 @@ def main(job_path, result_path):
                 "tensorflow", tf.__version__, entry["loaded"], entry["ran"], entry.get("error", "")))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    result["peak_rss_mb"] = peak_rss_mb()
     with open(result_path, "w") as fh:
         json.dump(result, fh)
     return 0

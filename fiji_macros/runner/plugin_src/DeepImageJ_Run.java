@@ -47,15 +47,19 @@ import javax.swing.SwingUtilities;
  *       display_output is absent;</li>
  *   <li>failures while running the model are RuntimeExceptions (ImageJ reports them; a macro
  *       goes on with its next line);</li>
- *   <li>pre-processing on 8/16-bit images runs on the integer pixel type (values rounded and
- *       wrapped into the type, as imglib2's integer types store them): the "black output" trap.
- *       Emulated from the documented behaviour, not observed in a running DeepImageJ.</li>
+ *   <li>what JDLL 0.6.1 throws while processing or tiling an image (for example the
+ *       IllegalArgumentException on scalar {@code mean}/{@code std} with {@code axes}) is printed
+ *       and that image gets no output; the macro goes on (measured with deepimagej-plugin c84362b and
+ *       JDLL 0.6.1 for the processing exception; assumed the same for the tiling ones);</li>
+ *   <li>8/16-bit images are copied to float before the pre-processing (JDLL 0.6.1's run path,
+ *       measured: a raw uint16 file gives the same result as its 32-bit conversion).</li>
  * </ul>
  *
- * <p>What it does instead of DeepImageJ: the model runs through the project's Python predictor
- * ({@code fiji_macros/runner/deepimagej_standin.py}, ONNX weights, the rdf's pre/post-processing,
- * the predictor's tiling), not through JDLL's engines and tiling. Stacks, RGB images and models
- * with several inputs are refused; there is no GUI.
+ * <p>What it does instead of DeepImageJ: the model runs through
+ * {@code fiji_macros/runner/deepimagej_standin.py}, which follows JDLL 0.6.1 ({@code export.jdll}:
+ * its kwargs checks and processing, its tile formula, every tile mirror-padded by the halo, its
+ * stitching) with the bundle's ONNX weights in Python's ONNX Runtime instead of JDLL's Java engines.
+ * Stacks, RGB images and models with several inputs are refused; there is no GUI.
  *
  * <p>Configuration: system property {@code w2sr.python} (or env {@code W2SR_PYTHON}) = the Python
  * interpreter with the project installed; {@code w2sr.standin.script} (or env
@@ -67,6 +71,8 @@ public class DeepImageJ_Run implements PlugIn {
     static final String MACRO_INFO = "https://github.com/deepimagej/deepimagej-plugin/blob/main/README.md#macros";
     /** Exit code of the Python side when the model folder holds no usable rdf.yaml. */
     static final int RDF_PROBLEM = 3;
+    /** Exit code of the Python side when JDLL would throw while processing or tiling this image. */
+    static final int JDLL_THROWS = 4;
 
     private String modelArg, modelFolder, inputPath, outputFolder, display;
 
@@ -188,7 +194,9 @@ public class DeepImageJ_Run implements PlugIn {
             ImagePlus asFloat = new ImagePlus("input", imp.getProcessor().convertToFloat());
             if (!new FileSaver(asFloat).saveAsTiff(in.getPath()))
                 throw new RuntimeException("w2sr stand-in: cannot write " + in);
-            String outputName = runPython(in, out, imp.getBitDepth());
+            String outputName = runPython(in, out);
+            if (outputName == null)
+                return null; // JDLL threw on this image: printed, no output
             ImagePlus result = IJ.openImage(out.getPath());
             if (result == null)
                 throw new RuntimeException("w2sr stand-in: the predictor wrote no readable output");
@@ -217,9 +225,11 @@ public class DeepImageJ_Run implements PlugIn {
         }
     }
 
-    private String runPython(File in, File out, int bitDepth) throws IOException {
+    private String runPython(File in, File out) throws IOException {
         String outputName = python(Arrays.asList("--model", modelFolder, "--input", in.getPath(),
-                "--bit-depth", String.valueOf(bitDepth), "--output", out.getPath()));
+                "--output", out.getPath()));
+        if (outputName == null)
+            return null;
         if (!out.isFile())
             throw new RuntimeException("w2sr stand-in: the predictor wrote no output");
         return outputName;
@@ -272,6 +282,10 @@ public class DeepImageJ_Run implements PlugIn {
             System.err.println("w2sr stand-in: model description rejected; DeepImageJ 3.1 would print this and return");
             throw new QuietStop();
         }
+        if (rc == JDLL_THROWS) {
+            System.err.println("w2sr stand-in: DeepImageJ 3.1 (JDLL 0.6.1) throws on this image; no output");
+            return null;
+        }
         if (rc != 0 || outputName == null)
             throw new RuntimeException("w2sr stand-in: running the model failed (exit " + rc + "): " + lastLines(msg, 6));
         return outputName;
@@ -287,6 +301,8 @@ public class DeepImageJ_Run implements PlugIn {
     }
 
     private void saveOrShow(ImagePlus im, boolean activeImageMode) {
+        if (im == null)
+            return;
         im.getProcessor().resetMinAndMax();
         if (outputFolder != null)
             IJ.saveAsTiff(im, outputFolder + File.separator + im.getTitle());
