@@ -388,14 +388,14 @@ def fit_padding(model: Any, zip_path: Path, source: Path, hm: HaloMeasurement, x
     inside the padded graph a tile's border sees mirrored pixels instead, the graph's own padding
     must outreach the network's context too, and two tilings (DeepImageJ's and ``w2sr predict``'s)
     may each be off by the tolerance in opposite directions on another image. So start with a margin
-    (+50 %, at least 2 px; +25 % let a test image through DeepImageJ's tiles differ from whole-image
+    (+50 %, at least 4 px; +25 % / 2 px let a test image through DeepImageJ's tiles differ from whole-image
     inference on one pixel by 8.5e-4) and check on ``x`` (the normalised measurement crop) that
     DeepImageJ's tiling and ``w2sr predict``'s tiling both reproduce the whole image; grow by 25 %
     while they do not. ``fixed``: the halo was given: check it as it is, no margin, no growth."""
     from export.runtimes import SavedModelRuntime
     from export.savedmodel import export_savedmodel
 
-    h = hm.halo if fixed or hm.halo == 0 else hm.halo + max(2, -(-hm.halo // 2))
+    h = hm.halo if fixed or hm.halo == 0 else hm.halo + max(4, -(-hm.halo // 2))
     side = min(x.shape)
     for attempt in range(1 if fixed else tries):
         if tile <= 2 * h:

@@ -58,6 +58,51 @@ def _set_dims(value_info: Any, dims: tuple) -> None:
             d.dim_param = want
 
 
+def canonical_order(graph: Any) -> None:
+    """Sort the nodes topologically with ties broken by a structural hash (op, attributes, and the
+    hashes of the inputs, initializers by content), so that the node order does not depend on
+    tf2onnx's naming: two siblings (the two mirrored borders of ``export.padding``) otherwise swap
+    places between two conversions in one process."""
+    import hashlib
+    import heapq
+
+    sig: dict[str, str] = {vi.name: f"input:{vi.name}" for vi in graph.input}
+    for init in graph.initializer:
+        sig[init.name] = "init:" + hashlib.sha256(init.raw_data or init.SerializeToString()).hexdigest()
+    producers = {out: k for k, node in enumerate(graph.node) for out in node.output}
+    consumers: dict[int, list[int]] = {}
+    pending: dict[int, int] = {}
+    for k, node in enumerate(graph.node):
+        deps = {producers[i] for i in node.input if i in producers}
+        pending[k] = len(deps)
+        for d in deps:
+            consumers.setdefault(d, []).append(k)
+
+    def node_hash(k: int) -> str:
+        node = graph.node[k]
+        attrs = sorted(a.SerializeToString() for a in node.attribute)
+        text = repr((node.op_type, node.domain, attrs, [sig.get(i, i) for i in node.input]))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    ready = [(node_hash(k), k) for k, n in pending.items() if n == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        h, k = heapq.heappop(ready)
+        order.append(k)
+        for j, out in enumerate(graph.node[k].output):
+            sig[out] = f"{h}:{j}"
+        for c in consumers.get(k, []):
+            pending[c] -= 1
+            if pending[c] == 0:
+                heapq.heappush(ready, (node_hash(c), c))
+    if len(order) != len(graph.node):
+        raise UserError("ONNX graph has a cycle")
+    nodes = [graph.node[k] for k in order]
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+
+
 def canonical_names(graph: Any) -> None:
     """Rename every intermediate tensor (``t0``, ``t1``... in order of first use) and node
     (``Conv_12``) structurally. tf2onnx names carry process-wide counters (``Conv__483``) and its
@@ -103,6 +148,7 @@ def convert_graph_def(graph_def: Any, opset: int = OPSET) -> Any:
     _set_dims(g.output[0], OUTPUT_DIMS)
     # drop shape annotations of intermediates: they carry generated "unk__N" names
     g.ClearField("value_info")
+    canonical_order(g)
     canonical_names(g)
     g.name = "w2sr_generator"
     used_domains = {n.domain for n in g.node}

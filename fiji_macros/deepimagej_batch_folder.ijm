@@ -17,7 +17,8 @@
 //
 // What counts as what:
 //   done     <name>_sr.tif written
-//   skipped  not an image file (by extension), hidden file or folder, or output exists (no overwrite)
+//   skipped  not an image file (by extension), hidden file or folder, output exists (no overwrite),
+//            or too large for DeepImageJ 3.1 (logged as a WARNING naming the file; use w2sr predict)
 //   failed   an image file that cannot be opened or predicted: logged with the reason, the batch goes on
 // Fatal problems (no model, model folder without rdf.yaml, input folder missing or without images,
 // output folder = input folder, DeepImageJ not installed) stop the macro with exit("...") before
@@ -26,8 +27,11 @@
 //
 // HOW THE MODEL IS CALLED (DeepImageJ 3.1 macro syntax, snake_case keys, since July 2025):
 //   run("DeepImageJ Run", "model_path=[MODEL] input_path=[TMP/in] output_folder=[TMP/out] display_output=null");
-// Every plane of the image is converted to 32-bit (DeepImageJ 3 would otherwise normalise 8/16-bit
-// images on their integer pixel type: "black output") and saved as TMP/in/w2sr_plane_000001.tif,
+// Every plane of the image is converted to 32-bit (DeepImageJ 3.1 copies to float itself; older
+// versions normalised 8/16-bit images on their integer pixel type: "black output"), mirror-padded to
+// one DeepImageJ tile when a side is shorter than tile - 2*halo (DeepImageJ 3.1 refuses sides under a
+// third of the tile and shifts such outputs by one pixel when tile - side is odd; the padding is
+// cropped off the result), and saved as TMP/in/w2sr_plane_000001.tif,
 // ...; one call with input_path = that folder runs them all with the model loaded once, and
 // DeepImageJ's results TMP/out/w2sr_plane_000001_<output name>.tif (output name "output" for the
 // w2sr bundle) are read back in plane order, stacked, calibrated and saved. TMP is a fresh folder

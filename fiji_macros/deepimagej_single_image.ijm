@@ -22,8 +22,11 @@
 //
 // HOW THE MODEL IS CALLED (DeepImageJ 3.1 macro syntax, snake_case keys, since July 2025):
 //   run("DeepImageJ Run", "model_path=[MODEL] input_path=[TMP/in] output_folder=[TMP/out] display_output=null");
-// Every plane of the image is converted to 32-bit (DeepImageJ 3 would otherwise normalise 8/16-bit
-// images on their integer pixel type: "black output") and saved as TMP/in/w2sr_plane_000001.tif,
+// Every plane of the image is converted to 32-bit (DeepImageJ 3.1 copies to float itself; older
+// versions normalised 8/16-bit images on their integer pixel type: "black output"), mirror-padded to
+// one DeepImageJ tile when a side is shorter than tile - 2*halo (DeepImageJ 3.1 refuses sides under a
+// third of the tile and shifts such outputs by one pixel when tile - side is odd; the padding is
+// cropped off the result), and saved as TMP/in/w2sr_plane_000001.tif,
 // ...; one call with input_path = that folder runs them all with the model loaded once, and
 // DeepImageJ's results TMP/out/w2sr_plane_000001_<output name>.tif (output name "output" for the
 // w2sr bundle) are read back in plane order, stacked, calibrated and saved. TMP is a fresh folder

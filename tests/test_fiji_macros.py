@@ -409,6 +409,113 @@ def test_batch_macro_reports_a_model_that_does_not_run(fiji_bundle, tmp_path):
     assert not list(out.glob("*.tif"))
 
 
+def _rdf_edited(bundle: Path, dest: Path, edit) -> Path:
+    import yaml
+
+    shutil.copytree(bundle, dest)
+    doc = yaml.safe_load((dest / "rdf.yaml").read_text())
+    edit(doc)
+    (dest / "rdf.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    return dest
+
+
+@pytest.mark.imagej
+@needs_imagej
+def test_standin_throws_like_jdll_on_scalar_processing_kwargs(fiji_bundle, tmp_path):
+    """JDLL 0.6.1 (measured): scalar mean/std with axes throw at preprocessing; the image gets no
+    output and the macro goes on. The exported bundle (lists) runs."""
+    import tifffile
+
+    def scalar(doc):
+        for t in doc["inputs"] + doc["outputs"]:
+            for op in t.get("preprocessing", []) + t.get("postprocessing", []):
+                op["kwargs"]["mean"], op["kwargs"]["std"] = op["kwargs"]["mean"][0], op["kwargs"]["std"][0]
+
+    old = _rdf_edited(fiji_bundle, tmp_path / "scalar_kwargs", scalar)
+    tifffile.imwrite(tmp_path / "x.tif", np.full((64, 64), 100, np.float32))
+    out_old, out_new = tmp_path / "out_old", tmp_path / "out_new"
+    macro = tmp_path / "kwargs.ijm"
+    macro.write_text(f"""
+run("DeepImageJ Run", "model_path=[{old}] input_path=[{tmp_path / 'x.tif'}] output_folder=[{out_old}] display_output=null");
+print("after the scalar rdf");
+run("DeepImageJ Run", "model_path=[{fiji_bundle}] input_path=[{tmp_path / 'x.tif'}] output_folder=[{out_new}] display_output=null");
+""")
+    res = run_macro(macro)
+    assert res.returncode == 0 and "after the scalar rdf" in res.stdout
+    assert "The parameters 'mean' and ' std' have to be arrays with the introduced 'axes'." in res.stderr
+    assert not any(out_old.glob("*.tif"))
+    assert [p.name for p in out_new.glob("*.tif")] == ["x_output.tif"]
+
+
+@pytest.mark.imagej
+@needs_imagej
+def test_batch_macro_pads_small_images_that_deepimagej_alone_gets_wrong(fiji_bundle, predictor, tmp_path):
+    """DeepImageJ 3.1 alone (the stand-in follows JDLL 0.6.1) shifts a 27 px side by one output pixel
+    (tile - side odd and > 2 x halo) and refuses a side under a third of the tile; the batch macro
+    mirror-pads such images to one tile and crops, and then matches the Python predictor."""
+    import tifffile
+
+    from export import jdll
+
+    rng = np.random.default_rng(5)
+    src, out, alone = tmp_path / "in", tmp_path / "sr", tmp_path / "alone"
+    src.mkdir()
+    odd = rng.normal(120, 40, (27, 44)).astype(np.float32)
+    tiny = rng.normal(120, 40, (18, 40)).astype(np.float32)
+    tifffile.imwrite(src / "odd.tif", odd)
+    tifffile.imwrite(src / "tiny.tif", tiny)
+    model = jdll.JdllModel.from_rdf(__import__("yaml").safe_load((fiji_bundle / "rdf.yaml").read_text()))
+    assert jdll.plan(model, odd.shape).shifted
+    with pytest.raises(jdll.JdllError, match="3 times"):
+        jdll.plan(model, tiny.shape)
+
+    macro = tmp_path / "alone.ijm"
+    macro.write_text(f'run("DeepImageJ Run", "model_path=[{fiji_bundle}] input_path=[{src}] '
+                     f'output_folder=[{alone}] display_output=null");\n')
+    res = run_macro(macro)
+    assert res.returncode == 0 and "3 times the image size" in res.stderr
+    assert [p.name for p in alone.glob("*.tif")] == ["odd_output.tif"]  # tiny.tif: refused, no output
+    shifted, *_ = read_tif(alone / "odd_output.tif")
+    want = predictor(odd)
+    assert np.abs(shifted - want).max() > 1.0  # JDLL's one-pixel shift
+    np.testing.assert_allclose(shifted[1:], want[:-1], atol=1e-3, rtol=1e-4)
+
+    res = run_macro(BATCH, args(model=fiji_bundle, input=src, output=out))
+    assert res.returncode == 0, res.stderr
+    assert "Summary: 2 done, 0 skipped, 0 failed" in res.stdout
+    for name, img in (("odd", odd), ("tiny", tiny)):
+        got, *_ = read_tif(out / f"{name}_sr.tif")
+        assert_zoo_close(got, predictor(img), f"{name}: batch macro vs predictor")
+
+
+@pytest.mark.imagej
+@needs_imagej
+def test_batch_macro_skips_images_deepimagej_would_hang_on(fiji_bundle, predictor, tmp_path):
+    """With an rdf whose tile grows with the image (step 1, as bundles had before), JDLL 0.6.1 never
+    returns above 4096*4096*3 pixels: the macro skips such an image with a warning that names it and
+    points to w2sr predict, and processes the rest."""
+    import tifffile
+
+    def growing_tile(doc):
+        doc["inputs"][0]["shape"] = {"min": [1, 16, 16, 1], "step": [0, 1, 1, 0]}
+        del doc["config"]["w2sr"]["network"]["deepimagej_tile"]
+
+    old = _rdf_edited(fiji_bundle, tmp_path / "step1_model", growing_tile)
+    src, out = tmp_path / "in", tmp_path / "sr"
+    src.mkdir()
+    tifffile.imwrite(src / "huge.tif", np.zeros((7100, 7100), np.uint8))
+    small = np.random.default_rng(9).normal(120, 40, (40, 48)).astype(np.float32)
+    tifffile.imwrite(src / "small.tif", small)
+    res = run_macro(BATCH, args(model=old, input=src, output=out), timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "WARNING: skipped huge.tif: 7100x7100 is above DeepImageJ 3.1's limit" in res.stdout
+    assert "use 'w2sr predict'" in res.stdout
+    assert "Summary: 1 done, 1 skipped, 0 failed" in res.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["small_sr.tif"]
+    got, *_ = read_tif(out / "small_sr.tif")
+    assert_zoo_close(got, predictor(small), "small image with the step-1 rdf")
+
+
 def _fatal_cases(tmp_path: Path, bundle: Path) -> dict[str, tuple[str, str]]:
     import tifffile
 
