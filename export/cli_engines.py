@@ -22,7 +22,9 @@ def register(subparsers) -> None:
             "(tag 'serve', signature 'serving_default'); on TF 2.x the tf.saved_model.load path is "
             "also tried and shown as '(info)'. The rdf's preprocessing is applied to test_input.npy, "
             "the output postprocessed and compared with test_output.npy within the model zoo's "
-            "tolerance |a-b| <= 1.5e-4 + 1e-4|b|."
+            "tolerance |a-b| <= 1.5e-4 + 1e-4|b|. Then the test input goes through DeepImageJ 3.1's "
+            "path (JDLL 0.6.1's tiles, mirror-padded by the halo, one tile per call, stitched as JDLL "
+            "does; rows '<loader>+deepimagej' with the engine process's peak memory)."
         ),
         epilog=(
             "Exit status: 0 when every engine that ran loaded the bundle and matched; 1 when any failed; "
@@ -39,8 +41,11 @@ def register(subparsers) -> None:
                    help="where the engine environments live (default: $W2SR_ENGINE_CACHE or ~/.cache/w2sr/engines)")
     p.add_argument("--rebuild", action="store_true",
                    help="delete and rebuild the selected engine environments first")
-    p.add_argument("--timeout", type=int, default=600, metavar="S",
-                   help="seconds one engine may take to load and run the bundle (default 600)")
+    p.add_argument("--timeout", type=int, default=1800, metavar="S",
+                   help="seconds one engine may take to load and run the bundle (default 1800: the full "
+                        "model's four 512 px DeepImageJ tiles take several minutes in TF 1.15 / 2.7)")
+    p.add_argument("--no-deepimagej", dest="deepimagej", action="store_false",
+                   help="skip the run through DeepImageJ 3.1's tiles (one tile per call, stitched as JDLL 0.6.1 does)")
     p.add_argument("--json", type=Path, default=None, metavar="FILE",
                    help="also write the rows as JSON to FILE")
     p.set_defaults(handler=_handle)
@@ -57,6 +62,7 @@ def _handle(args) -> int:
     if not args.bundle.exists():
         raise UserError(f"{args.bundle}: no such bundle")
     results = check_engines(args.bundle, engines=keys, cache_dir=args.cache, rebuild=args.rebuild,
+                            deepimagej=args.deepimagej,
                             timeout=args.timeout)
     print(format_table(results))
     if args.json:

@@ -18,6 +18,11 @@ definition of the bundle's normalisation; DeepImageJ applies it in Java, outside
 the engine's raw output is postprocessed the same way and compared with ``test_output.npy`` within
 the model zoo's tolerance ``|a - b| <= 1.5e-4 + 1e-4 |b|``.
 
+With ``deepimagej=True`` (the default) each engine also runs the test input the way DeepImageJ 3.1
+runs it: ``export.jdll`` applies JDLL 0.6.1's processing and cuts its tiles (mirror-padded by the
+halo) here, the engine runs them one per call (so the process's peak memory is that of one tile),
+and they are stitched and postprocessed as JDLL does (loader ``<loader>+deepimagej``).
+
 ``check_engines(bundle)`` returns one :class:`EngineResult` per engine and loader;
 ``format_table`` prints them. ``w2sr check-engines`` (``export.cli_engines``) wraps both.
 """

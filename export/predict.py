@@ -667,8 +667,10 @@ def predict_files(bundle: str | Path, inputs: Sequence[str | Path], out_dir: str
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = Settings(str(Path(bundle).resolve()), runtime, threads, tile, batch, fmt, overwrite,
                         progress=progress and scheduler is None)
-    log.info("bundle %s (%s): halo %d px, tile %d px (valid sizes %d + n*%d), runtime %s, output %s",
-             info.root, info.name, info.halo, tile_eff, info.min_size, info.step, runtime, fmt)
+    sizes = (f"any size >= {info.any_size_from}" if info.any_size_from is not None
+             else f"valid sizes {info.min_size} + n*{info.step}")
+    log.info("bundle %s (%s): halo %d px, tile %d px (%s), runtime %s, output %s",
+             info.root, info.name, info.halo, tile_eff, sizes, runtime, fmt)
     todo, results = [], []
     for src, dst in jobs:
         if dst.exists() and not overwrite:
