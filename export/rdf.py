@@ -417,8 +417,9 @@ before DeepImageJ and crops the result, which avoids both. Fiji macros shipped w
 **DeepImageJ 2.1**: runs `tf_saved_model.zip` with its TensorFlow 1.15 and the two `.ijm` macros
 (named under `config.deepimagej.prediction`).
 
-**Python**: `w2sr predict {name}/ images/ --out restored/` (tiled, any image size), or
-`bioimageio predict` / `bioimageio.core` with this rdf.
+**Python**: `w2sr predict {name}/ images/ --out restored/` (tiled, any image size; it reads
+`config.w2sr.network.any_size_from`). `bioimageio predict` goes by the rdf's shape and so takes only
+{tile} x {tile} inputs; `bioimageio.core`'s Python API runs the weights on other sizes.
 
 ## Validation
 
