@@ -627,6 +627,8 @@ def export_bundle(source: str | Path, out: str | Path, *, config: Optional[str |
         readme = render_readme(name=name, rdf=doc, validation_md=validation_md, run_name=cfg.name,
                                exported_with=versions,
                                halo_info={"halo": hm.halo, "too_small": hm.too_small,
+                                          "generator_halo": hm.generator_halo if hm.generator_halo is not None
+                                          else hm.halo,
                                           "too_small_max_diff": None if hm.too_small_max_diff is None
                                           else f"{hm.too_small_max_diff:.3g}"},
                                macros=[m.name for m in macros])

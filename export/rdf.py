@@ -367,10 +367,11 @@ Keras {exported_with.get('keras')}, tf2onnx {exported_with.get('tf2onnx')}.
 - Both statistics come from the training run (`training_config.yaml`, `normalization:`); the
   network itself works on the normalised values. Convert 8/16-bit images to 32-bit before the
   preprocessing (the macros here do): integer images would round the normalised values.
-- Halo: {halo_info.get('halo')} input pixels ({halo_out} output pixels), measured: tiles whose
-  kept part has at least this much context reproduce the whole-image result within the zoo
-  tolerance `|a - b| <= 1.5e-4 + 1e-4 |b|` (with {halo_info.get('too_small')} px the largest
-  difference was {halo_info.get('too_small_max_diff')}). Tiles must be larger than {2 * int(halo_info.get('halo') or 0)} px.
+- Halo: {halo_info.get('halo')} input pixels ({halo_out} output pixels). Measured on the generator:
+  tiles whose kept part has {halo_info.get('generator_halo')} px of context reproduce the whole-image result within
+  the zoo tolerance `|a - b| <= 1.5e-4 + 1e-4 |b|` (with {halo_info.get('too_small')} px the largest
+  difference was {halo_info.get('too_small_max_diff')}); the bundle adds a margin and checks it on the exported
+  weights through DeepImageJ's tiles and `w2sr predict`'s. Tiles must be larger than {2 * int(halo_info.get('halo') or 0)} px.
 - Borders: the network pads its input symmetrically by {network['padding']} px inside the graph and
   crops its output, so whole-image inference (`bioimageio test`, Python) and DeepImageJ's
   mirror-padded tiles give the same pixels up to the image edge (checked below, "DeepImageJ 3.1").

@@ -9,12 +9,13 @@ result: {"runtime": "onnxruntime", "version", "python", "peak_rss_mb", "loaders"
 import json
 import os
 import platform
-import resource
 import sys
 import time
 import traceback
 
 import numpy as np
+
+from engine_common import peak_rss_mb  # beside this script
 
 
 def _short_error(exc):
@@ -66,7 +67,7 @@ def main(job_path, result_path):
         entry["error"] = ("run failed: " if entry["loaded"] else "load failed: ") + _short_error(exc)
         entry.setdefault("load_s", time.time() - t0)
     result["loaders"]["ort_session"] = entry
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    result["peak_rss_mb"] = peak_rss_mb()
     print("[engine] onnxruntime {}: loaded={} ran={} {}".format(
         ort.__version__, entry["loaded"], entry["ran"], entry.get("error", "")))
     with open(result_path, "w") as fh:

@@ -20,7 +20,6 @@ reported for information (DeepImageJ does not use it).
 import json
 import os
 import platform
-import resource
 import shutil
 import sys
 import tempfile
@@ -29,6 +28,8 @@ import traceback
 import zipfile
 
 import numpy as np
+
+from engine_common import peak_rss_mb  # beside this script
 
 
 def _short_error(exc):
@@ -53,10 +54,6 @@ def run_batch(call, x, per_sample):
     if not per_sample:
         return call(x)
     return np.concatenate([np.asarray(call(x[i:i + 1])) for i in range(len(x))])
-
-
-def peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def run_v1_session(tf, model_dir, x, input_key, output_key, per_sample=False):

@@ -1,0 +1,15 @@
+"""Shared by the engine scripts (imported from their own folder; plain Python 3.7, no project imports)."""
+import resource
+
+
+def peak_rss_mb():
+    """Peak resident memory of this process since it started (VmHWM), in MiB. Not ru_maxrss: Linux
+    carries that over from the parent at fork, so a child of a big process would report the parent's."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
