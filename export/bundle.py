@@ -498,6 +498,8 @@ def export_bundle(source: str | Path, out: str | Path, *, config: Optional[str |
 
     t_start = time.perf_counter()
     out = Path(out)
+    if tile < 16:
+        raise UserError(f"--tile {tile}: DeepImageJ's tile must be at least 16 px (default {DEFAULT_TILE})")
     src = resolve_source(source, config)
     cfg = src.cfg
     norm = cfg.normalization

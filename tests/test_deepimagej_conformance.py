@@ -231,3 +231,18 @@ def test_zoo_package_is_as_jdll_readable_as_the_spec_allows(exported_bundle):
         assert set(op["kwargs"]) == {"mean", "std"} and isinstance(op["kwargs"]["mean"], float)
     # what the spec does not allow JDLL-style (documented in the bundle README)
     assert isinstance(doc["documentation"], dict) and doc["outputs"][0]["axes"][1]["scale"] == 0.5
+
+
+@pytest.mark.parametrize("p", [1, 3, 7])
+def test_graph_padding_is_numpy_symmetric_in_tensorflow(p):
+    """export.padding's TF ops (what the frozen graph and the ONNX carry) == numpy's 'symmetric'."""
+    import tensorflow as tf
+
+    from export.padding import crop_numpy, crop_tf, pad_numpy, pad_tf
+
+    x = np.random.default_rng(p).normal(size=(2, 9, 13, 1)).astype(np.float32)
+    np.testing.assert_array_equal(pad_tf(tf.constant(x), p).numpy(), pad_numpy(x, p))
+    np.testing.assert_array_equal(pad_numpy(x, p)[:, p:-p, p:-p], x)
+    y = np.arange(2 * 30 * 34, dtype=np.float32).reshape(2, 30, 34, 1)
+    np.testing.assert_array_equal(crop_tf(tf.constant(y), p, 2).numpy(), crop_numpy(y, p, 2))
+    assert crop_numpy(y, p, 2).shape == (2, 30 - 4 * p, 34 - 4 * p, 1)
