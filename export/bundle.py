@@ -457,7 +457,7 @@ def _share_permissions(root: Path) -> None:
 
 
 def _manifest(root: Path) -> dict[str, str]:
-    from export.validate import sha256_file
+    from export.bundle_info import sha256_file
 
     files = {}
     for p in sorted(root.rglob("*")):
@@ -492,7 +492,8 @@ def export_bundle(source: str | Path, out: str | Path, *, config: Optional[str |
     from export.rdf import (ONNX_OPSET, POST_MACRO, PRE_MACRO, TENSORFLOW_VERSION, RdfParams, build_rdf,
                             deepimagej_macros, make_zoo_package, render_readme, validate_rdf_format, write_rdf)
     from export.savedmodel import check_generator, export_savedmodel, load_generator
-    from export.validate import (check_deepimagej_zip, format_report, run_bioimageio_test, sha256_file,
+    from export.bundle_info import sha256_file
+    from export.validate import (check_deepimagej_zip, format_report, run_bioimageio_test,
                                  validate_bundle, write_report)
     from training.io import atomic_replace_dir
 

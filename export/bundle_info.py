@@ -5,7 +5,8 @@ the rdf's own numbers (normalisation, halo, sizes), not copies of the training c
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -33,6 +34,19 @@ class BundleInfo:
     test_output: Path
     padding: int = 0                   # px of symmetric padding inside the exported graph (export.padding)
     any_size_from: Optional[int] = None  # the weights accept every size >= this (config.w2sr.network)
+    weight_sha256: dict = field(default_factory=dict, hash=False)  # weight file path -> sha256 in the rdf
+
+    def check_weights(self, path: Optional[Path]) -> None:
+        """UserError (one line) when the weights file no longer has the sha256 the rdf records.
+        Weights the rdf gives no sha256 for are not checked."""
+        if path is None:
+            return
+        want = self.weight_sha256.get(Path(path))
+        if want and Path(path).is_file():
+            got = sha256_file(path)
+            if got != want:
+                raise UserError(f"{path}: sha256 {got[:12]}... differs from the {want[:12]}... that rdf.yaml records: "
+                                f"the weights changed after export (damaged copy?); re-export or re-download the bundle")
 
     @property
     def deepimagej_tile(self) -> Optional[int]:
@@ -59,6 +73,14 @@ class BundleInfo:
                             f"inputs (step 0) and does not state that its weights accept other sizes")
         k = -(-(n - self.min_size) // self.step)
         return self.min_size + k * self.step
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _kwargs(ops: list, name: str, rdf: Path) -> dict:
@@ -134,6 +156,8 @@ def read_bundle(path: str | Path) -> BundleInfo:
             test_input=root / doc["test_inputs"][0],
             test_output=root / doc["test_outputs"][0],
             padding=int(network.get("padding", 0)),
+            weight_sha256={root / w["source"]: str(w["sha256"]) for w in weights.values()
+                           if isinstance(w, dict) and w.get("source") and w.get("sha256")},
             any_size_from=int(network["any_size_from"]) if network.get("any_size_from") else None,
         )
     except (KeyError, IndexError, TypeError, ValueError) as exc:

@@ -505,6 +505,12 @@ def _check_one(engine: Engine, bundle: _Bundle, x_path: Path, expected: np.ndarr
     if not Path(weights).exists():
         return [EngineResult(**base, loader="-", status="failed",
                              reason=f"the rdf names {weights.name} but the file is missing")]
+    from w2sr.errors import UserError
+
+    try:
+        info.check_weights(weights)
+    except UserError as exc:
+        return [EngineResult(**base, loader="-", status="failed", reason=str(exc))]
     t0 = time.time()
     try:
         env_dir = ensure_engine_env(engine, cache_dir=cache_dir, rebuild=rebuild)

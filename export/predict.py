@@ -123,6 +123,7 @@ def load_runtime(info: BundleInfo, runtime: str = "onnx", threads: Optional[int]
         raise UserError(f"{info.root / 'rdf.yaml'}: the bundle has no {runtime} weights")
     if not Path(path).exists():
         raise UserError(f"{path}: weights named in the rdf are missing")
+    info.check_weights(path)
     from export.runtimes import OnnxRuntime, SavedModelRuntime
 
     if runtime == "onnx":
@@ -561,13 +562,22 @@ def _write_uint16(tmp: Path, planes: Iterator[np.ndarray], shape: tuple, src: Im
 # --------------------------------------------------------------------------------------------
 # one job, on this process or a dask worker
 # --------------------------------------------------------------------------------------------
-_MODEL_CACHE: dict[Settings, Model] = {}
+_MODEL_CACHE: dict[tuple, Model] = {}
 _MODEL_LOCK = threading.Lock()
+
+
+def _bundle_state(bundle: str) -> tuple:
+    """Size and mtime of the bundle's rdf and weight files: a bundle replaced or damaged on disk is
+    loaded (and hash-checked) again instead of served from the cache."""
+    root = Path(bundle)
+    root = root if root.is_dir() else root.parent
+    files = sorted([*root.glob("rdf.yaml"), *root.glob("*.onnx"), *root.glob("*.zip")])
+    return tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file())
 
 
 def cached_model(settings: Settings) -> Model:
     """The model for these settings, loaded once per process (dask workers reuse it)."""
-    key = Settings(settings.bundle, settings.runtime, settings.threads)
+    key = (Settings(settings.bundle, settings.runtime, settings.threads), _bundle_state(settings.bundle))
     with _MODEL_LOCK:
         if key not in _MODEL_CACHE:
             _MODEL_CACHE[key] = Model.load(settings)

@@ -23,7 +23,6 @@ Printed as a table (``format_report``) and written as ``parity.md`` / ``parity.j
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -39,6 +38,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import yaml
 
+from export.bundle_info import sha256_file
 from w2sr.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -60,12 +60,6 @@ def zoo_close(actual: np.ndarray, expected: np.ndarray) -> tuple[float, bool, in
     return max_diff, not bool(bad.any()), int(bad.sum())
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass

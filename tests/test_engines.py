@@ -247,6 +247,15 @@ def test_changed_test_output_is_caught(bundle, tmp_path):
     assert abs(row.max_abs_diff - delta) < 5e-5  # the engine itself matches to ~1e-6
 
 
+def test_weights_changed_since_export_fail_before_loading(bundle, tmp_path):
+    bad = _copy_bundle(bundle, tmp_path / "damaged")
+    with open(bad / "weights.onnx", "ab") as fh:
+        fh.write(b"\0")
+    rows = check_engines(bad, engines=["ort1.13"])
+    assert [(r.engine, r.loader, r.status) for r in rows] == [("ort1.13", "-", "failed")]
+    assert "sha256" in rows[0].reason and "differs from" in rows[0].reason
+
+
 def test_savedmodel_inside_a_subfolder_of_the_zip_fails(bundle, tmp_path):
     """DeepImageJ loads the zip's root as the SavedModel: a zip holding model/saved_model.pb fails."""
     _env_or_skip("tf2.10")

@@ -30,7 +30,7 @@ def _rdf(bundle: Path) -> dict:
 
 
 def _sha(path: Path) -> str:
-    from export.validate import sha256_file
+    from export.bundle_info import sha256_file
 
     return sha256_file(path)
 

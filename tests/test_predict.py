@@ -272,6 +272,25 @@ def test_a_bad_bundle_is_one_error_before_any_input_is_read(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_weights_that_changed_since_export_are_refused_in_one_line(tmp_path, capsys):
+    """The rdf's sha256 is checked before the weights are loaded: a damaged copy is one clear line."""
+    import yaml
+
+    b = write_bundle(tmp_path / "bundle")
+    doc = yaml.safe_load((b / "rdf.yaml").read_text())
+    doc["weights"]["onnx"]["sha256"] = hashlib.sha256((b / "weights.onnx").read_bytes()).hexdigest()
+    (b / "rdf.yaml").write_text(yaml.safe_dump(doc))
+    tifffile.imwrite(tmp_path / "a.tif", image((40, 40), 1))
+    assert run_cli(b, tmp_path / "a.tif", "--out", tmp_path / "ok") == 0  # the recorded hash matches
+    with open(b / "weights.onnx", "ab") as fh:
+        fh.write(b"\0")
+    capsys.readouterr()
+    assert run_cli(b, tmp_path / "a.tif", "--out", tmp_path / "bad") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "weights.onnx: sha256" in err[0] and "differs from" in err[0], err
+    assert "Traceback" not in "\n".join(err) and not (tmp_path / "bad" / "a_sr.tif").exists()
+
+
 def test_tensorflow_runtime_matches_onnx(tmp_path):
     pytest.importorskip("tensorflow")
     b = write_bundle(tmp_path / "bundle", savedmodel=True)

@@ -95,7 +95,8 @@ def test_bioimageio_test_detects_a_wrong_test_output(exported_bundle, tmp_path):
     """The bioimageio check can fail: same bundle, test output off by 1 % -> failed for both formats."""
     import yaml
 
-    from export.validate import RDF04_TEST_FORMAT, run_bioimageio_test, sha256_file
+    from export.bundle_info import sha256_file
+    from export.validate import RDF04_TEST_FORMAT, run_bioimageio_test
 
     bad = shutil.copytree(exported_bundle, tmp_path / "bad", ignore=shutil.ignore_patterns("packages", "generator.keras"))
     y = np.load(bad / "test_output.npy")
