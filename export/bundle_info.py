@@ -117,10 +117,19 @@ def read_bundle(path: str | Path) -> BundleInfo:
     rdf = path / "rdf.yaml" if path.is_dir() else path
     if not rdf.exists():
         raise UserError(f"{path}: not a model bundle (no rdf.yaml)")
+    if rdf.suffix.lower() == ".zip":
+        raise UserError(f"{rdf}: a zipped bundle; unzip it and give the folder (the one with rdf.yaml)")
     try:
         doc = yaml.safe_load(rdf.read_text())
     except yaml.YAMLError as exc:
-        raise UserError(f"{rdf}: unreadable rdf: {exc}") from None
+        where = getattr(exc, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise UserError(f"{rdf}: not valid YAML{at}: {problem}") from None
+    except (UnicodeDecodeError, OSError) as exc:
+        raise UserError(f"{rdf}: cannot read it as a text rdf.yaml ({type(exc).__name__})") from None
+    if not isinstance(doc, dict):
+        raise UserError(f"{rdf}: not a model description (expected a YAML mapping, got {type(doc).__name__})")
     root = rdf.parent
     try:
         inp, out = doc["inputs"][0], doc["outputs"][0]
@@ -160,5 +169,5 @@ def read_bundle(path: str | Path) -> BundleInfo:
                            if isinstance(w, dict) and w.get("source") and w.get("sha256")},
             any_size_from=int(network["any_size_from"]) if network.get("any_size_from") else None,
         )
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
         raise UserError(f"{rdf}: not a w2sr bundle rdf (format 0.4.10 expected): missing or bad {exc}") from None

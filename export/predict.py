@@ -661,6 +661,8 @@ def predict_files(bundle: str | Path, inputs: Sequence[str | Path], out_dir: str
         raise UserError(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
     if tile < 1 or batch < 1:
         raise UserError(f"--tile and --batch must be positive (got {tile}, {batch})")
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be a positive number of threads (got {threads})")
     out_dir = Path(out_dir)
     info = read_bundle(bundle)  # fail early on a bad bundle, before touching any input
     tile_eff = info.valid_size_at_least(tile)
@@ -674,30 +676,35 @@ def predict_files(bundle: str | Path, inputs: Sequence[str | Path], out_dir: str
         raise UserError("no input images found")
     for f in failures:
         log.error("%s", f.message)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    settings = Settings(str(Path(bundle).resolve()), runtime, threads, tile, batch, fmt, overwrite,
-                        progress=progress and scheduler is None)
-    sizes = (f"any size >= {info.any_size_from}" if info.any_size_from is not None
-             else f"valid sizes {info.min_size} + n*{info.step}")
-    log.info("bundle %s (%s): halo %d px, tile %d px (%s), runtime %s, output %s",
-             info.root, info.name, info.halo, tile_eff, sizes, runtime, fmt)
-    todo, results = [], []
-    for src, dst in jobs:
-        if dst.exists() and not overwrite:
-            log.info("%s: %s exists, skipped", src, dst)
-            results.append(Result(str(src), str(dst), "skipped", "exists"))
-        else:
-            todo.append((src, dst))
-    if todo:
-        if scheduler:
-            results += _run_dask(todo, settings, scheduler, progress)
-        else:
-            load_runtime_check = cached_model(settings)  # errors in the bundle stop here, once
-            del load_runtime_check
-            results += _run_local(todo, settings, progress)
-    order = {str(p): i for i, p in enumerate(paths)}
-    results.sort(key=lambda r: order.get(r.source, -1))
-    return failures + results
+    try:
+        settings = Settings(str(Path(bundle).resolve()), runtime, threads, tile, batch, fmt, overwrite,
+                            progress=progress and scheduler is None)
+        sizes = (f"any size >= {info.any_size_from}" if info.any_size_from is not None
+                 else f"valid sizes {info.min_size} + n*{info.step}")
+        log.info("bundle %s (%s): halo %d px, tile %d px (%s), runtime %s, output %s",
+                 info.root, info.name, info.halo, tile_eff, sizes, runtime, fmt)
+        todo, results = [], []
+        for src, dst in jobs:
+            if dst.exists() and not overwrite:
+                log.info("%s: %s exists, skipped", src, dst)
+                results.append(Result(str(src), str(dst), "skipped", "exists"))
+            else:
+                todo.append((src, dst))
+        if todo:
+            if scheduler:
+                results += _run_dask(todo, settings, scheduler, progress)
+            else:
+                load_runtime_check = cached_model(settings)  # errors in the bundle stop here, once
+                del load_runtime_check
+                results += _run_local(todo, settings, progress)
+        order = {str(p): i for i, p in enumerate(paths)}
+        results.sort(key=lambda r: order.get(r.source, -1))
+        return failures + results
+    finally:
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # nothing was written: leave no empty --out behind
 
 
 def _run_local(todo: list[tuple[Path, Path]], settings: Settings, progress: bool) -> list[Result]:

@@ -43,7 +43,8 @@ def register(subparsers) -> None:
             "(written to data.root) and can be overridden by the options below. Deterministic for a seed."
         ),
     )
-    sim.add_argument("--config", type=Path, help="YAML config; uses its data.simulate settings and data.root")
+    sim.add_argument("--config", help="packaged config name (demo, tiny, w2s) or YAML path; uses its "
+                                      "data.simulate settings and data.root")
     sim.add_argument("--out", type=Path, help="output folder (default: data.root of --config, else data/simulated)")
     sim.add_argument("--layout", choices=("npy", "png", "raw"), help="W2S layout to write (default npy)")
     sim.add_argument("--n-fovs", type=int, help="number of fields of view (FOV 1..n; default 24)")
@@ -82,8 +83,10 @@ def _simulator_config(args):
     explicit: set = set()
     out = args.out
     if args.config is not None:
+        from training.cli_train import resolve_config_path
+
         try:
-            cfg = load_config(args.config)
+            cfg = load_config(resolve_config_path(str(args.config)))
         except (FileNotFoundError, ValueError) as exc:
             raise UserError(" ".join(str(exc).split())) from None
         if cfg.data.simulate is None:

@@ -152,6 +152,10 @@ def load_train_config(config: str | None, run_dir: Path, resume: bool, overrides
 
 
 def run_train(args: argparse.Namespace) -> int:
+    if args.resume and (not args.run_dir.is_dir() or not any(args.run_dir.iterdir())):
+        state = "does not exist" if not args.run_dir.exists() else "is empty"
+        raise UserError(f"{args.run_dir}: nothing to resume (the folder {state}); "
+                        f"drop --resume to start a new training there")
     cfg = load_train_config(args.config, args.run_dir, args.resume, args.overrides)
     from training.train import train
 

@@ -33,10 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _resolve_config(name_or_path: str):
-    from training.config import load_config, packaged_config
+    from training.cli_train import load_train_config
 
-    path = Path(name_or_path)
-    return load_config(path if path.suffix in (".yaml", ".yml") else packaged_config(name_or_path))
+    # the same resolution and one-line errors as `w2sr train --config` (packaged name or YAML path)
+    return load_train_config(name_or_path, Path("."), False, [])
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -1,0 +1,97 @@
+"""Bad command lines and bad bundles give one line naming the file and what is wrong, exit code 2, no
+traceback, and leave nothing behind (the cases of the reliability review, issue 11)."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import yaml
+
+from predict_fixtures import write_bundle
+from w2sr.cli import main as cli
+
+
+def one_error_line(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert "Traceback" not in err[0]
+    return err[0]
+
+
+@pytest.fixture()
+def image(tmp_path) -> Path:
+    path = tmp_path / "a.tif"
+    tifffile.imwrite(path, np.random.default_rng(0).normal(100, 20, (40, 40)).astype(np.float32))
+    return path
+
+
+def test_predict_on_a_zipped_bundle_says_unzip_it(tmp_path, image, capsys):
+    b = write_bundle(tmp_path / "bundle")
+    shutil.make_archive(str(tmp_path / "bundle_pkg"), "zip", b)
+    assert cli(["predict", str(tmp_path / "bundle_pkg.zip"), str(image), "--out", str(tmp_path / "out")]) == 2
+    line = one_error_line(capsys)
+    assert "bundle_pkg.zip: a zipped bundle; unzip it" in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text,expect", [
+    ("inputs: [oops\n  name: x", "not valid YAML (line"),
+    ("inputs: [oops]\noutputs: [oops]\n", "not a w2sr bundle rdf"),
+    ("- just\n- a list\n", "expected a YAML mapping"),
+])
+def test_broken_rdf_is_one_line(tmp_path, image, capsys, text, expect):
+    b = write_bundle(tmp_path / "bundle")
+    (b / "rdf.yaml").write_text(text)
+    assert cli(["predict", str(b), str(image), "--out", str(tmp_path / "out")]) == 2
+    line = one_error_line(capsys)
+    assert str(b / "rdf.yaml") in line and expect in line
+
+
+def test_bad_thread_count_is_refused(tmp_path, image, capsys):
+    b = write_bundle(tmp_path / "bundle")
+    assert cli(["predict", str(b), str(image), "--out", str(tmp_path / "out"), "--threads", "-1"]) == 2
+    assert "--threads must be a positive number" in one_error_line(capsys)
+
+
+def test_a_predict_that_wrote_nothing_leaves_no_out_folder(tmp_path):
+    b = write_bundle(tmp_path / "bundle")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "broken.tif").write_bytes(b"not a tiff")
+    assert cli(["predict", str(b), str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--no-progress"]) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_demo_with_a_missing_config_is_one_line(tmp_path, capsys):
+    assert cli(["demo", "--config", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "b"),
+                "--run-dir", str(tmp_path / "run")]) == 2
+    assert "config file not found" in one_error_line(capsys)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "b").exists()
+
+
+def test_simulate_takes_packaged_config_names_like_train(tmp_path):
+    out = tmp_path / "sim"
+    assert cli(["simulate", "--config", "tiny", "--out", str(out), "--n-fovs", "2", "--size", "32"]) == 0
+    assert any(out.rglob("*.npy")) or any(out.rglob("*.png"))
+
+
+@pytest.mark.parametrize("state", ["missing", "empty"])
+def test_resume_without_a_run_to_resume_is_refused(tmp_path, capsys, state):
+    run = tmp_path / "run"
+    if state == "empty":
+        run.mkdir()
+    assert cli(["train", "--config", "tiny", "--run-dir", str(run), "--resume"]) == 2
+    assert "nothing to resume" in one_error_line(capsys)
+    assert (run.exists() and not any(run.iterdir())) if state == "empty" else not run.exists()
+
+
+def test_rdf_yaml_edits_do_not_matter_for_the_one_line_rule(tmp_path, image, capsys):
+    """A valid YAML rdf with a wrong weights entry: still one line naming the problem."""
+    b = write_bundle(tmp_path / "bundle")
+    doc = yaml.safe_load((b / "rdf.yaml").read_text())
+    doc["weights"]["onnx"]["source"] = "gone.onnx"
+    (b / "rdf.yaml").write_text(yaml.safe_dump(doc))
+    assert cli(["predict", str(b), str(image), "--out", str(tmp_path / "out")]) == 2
+    assert "gone.onnx: weights named in the rdf are missing" in one_error_line(capsys)
