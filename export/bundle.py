@@ -495,10 +495,12 @@ def export_bundle(source: str | Path, out: str | Path, *, config: Optional[str |
     from export.bundle_info import sha256_file
     from export.validate import (check_deepimagej_zip, format_report, run_bioimageio_test,
                                  validate_bundle, write_report)
-    from training.io import atomic_replace_dir
+    from training.io import atomic_replace_dir, recover_replaced_dir, sweep_stale, temp_prefix
 
     t_start = time.perf_counter()
     out = Path(out)
+    recover_replaced_dir(out)  # a killed swap: the old bundle comes back before anything else
+    sweep_stale(out.parent, prefix=f".{out.name}.staging.")  # staging folders of killed exports
     if tile < 16:
         raise UserError(f"--tile {tile}: DeepImageJ's tile must be at least 16 px (default {DEFAULT_TILE})")
     src = resolve_source(source, config)
@@ -510,7 +512,7 @@ def export_bundle(source: str | Path, out: str | Path, *, config: Optional[str |
     log.info("exporting %s (config %s) -> %s as '%s'", src.keras_path, src.config_path, out, name)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    stage = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name, "staging"), dir=out.parent))
     try:
         # 1. the generator ---------------------------------------------------------------------
         model = load_generator(src.keras_path)

@@ -47,6 +47,8 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from export.proc import die_with_parent
+
 log = logging.getLogger(__name__)
 
 #: the zoo's per-pixel tolerance for reproducing test outputs
@@ -296,7 +298,8 @@ def _build(engine: Engine, exe: Path, staging: Path, build_log: Path) -> tuple[l
             logf.write(f"$ {' '.join(cmd)}\n")
             logf.flush()
             try:
-                out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+                out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout,
+                                     preexec_fn=die_with_parent)
             except subprocess.TimeoutExpired:
                 raise EngineUnavailable(f"{engine.key}: {what} took over {timeout} s (log: {build_log})") from None
             logf.write(out.stdout + out.stderr)
@@ -531,6 +534,7 @@ def _check_one(engine: Engine, bundle: _Bundle, x_path: Path, expected: np.ndarr
     t0 = time.time()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=_clean_env(), timeout=timeout,
+                              preexec_fn=die_with_parent,
                               cwd=str(work))
         stderr = proc.stderr
         rc = proc.returncode

@@ -48,7 +48,7 @@ import numpy as np
 from export.bundle_info import BundleInfo, read_bundle
 from export.processing import postprocess, preprocess
 from export.tiling import balanced_tile, count_tiles, predict_tiled
-from training.io import atomic_path
+from training.io import atomic_path, sweep_stale, temp_prefix
 from w2sr.errors import DataError, UserError
 
 log = logging.getLogger("w2sr.predict")
@@ -532,7 +532,7 @@ def _write_uint16(tmp: Path, planes: Iterator[np.ndarray], shape: tuple, src: Im
     """Two passes: float planes to a temporary .npy beside the output, then min/max -> uint16."""
     import tifffile
 
-    fd, scratch = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".npy", dir=dst.parent)
+    fd, scratch = tempfile.mkstemp(prefix=temp_prefix(dst.name), suffix=".npy", dir=dst.parent)
     os.close(fd)
     try:
         buf = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.float32,
@@ -678,6 +678,7 @@ def predict_files(bundle: str | Path, inputs: Sequence[str | Path], out_dir: str
         log.error("%s", f.message)
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
+    sweep_stale(out_dir)  # temporary files of a killed earlier run (their process is gone)
     try:
         settings = Settings(str(Path(bundle).resolve()), runtime, threads, tile, batch, fmt, overwrite,
                             progress=progress and scheduler is None)

@@ -30,6 +30,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from export.proc import die_with_parent
+
 from w2sr.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -308,7 +310,8 @@ def measure_in_subprocess(kind: str, path: str | Path, size: int, repeats: int =
     if threads:
         cmd += ["--threads", str(threads)]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                          preexec_fn=die_with_parent)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]

@@ -39,6 +39,7 @@ import numpy as np
 import yaml
 
 from export.bundle_info import sha256_file
+from export.proc import die_with_parent
 from w2sr.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,8 @@ def run_bioimageio_test(source: Path, weight_format: str = "all", timeout: int =
         t0 = time.perf_counter()
         log.info("bioimageio test %s (weights: %s, format: %s) ...", source.name, weight_format, format_version)
         try:
-            proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
+            proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout,
+                                  preexec_fn=die_with_parent)
         except subprocess.TimeoutExpired:
             return [{"target": source.name, "weight_format": weight_format, "status": FAILED,
                      "details": [f"timed out after {timeout} s"], "seconds": float(timeout)}]

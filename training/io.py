@@ -1,12 +1,74 @@
-"""Small file helpers shared by training, export and prediction: nothing half-written, ever."""
+"""Small file helpers shared by training, export and prediction: nothing half-written, ever.
+
+Temporary names carry the writing process's PID (``.<target>.<pid>.…``), so the next run can tell
+the leftovers of a killed run (PID gone) from a run still going, and remove them
+(:func:`sweep_stale`); :func:`recover_replaced_dir` finishes a folder swap a kill interrupted.
+"""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+log = logging.getLogger(__name__)
+
+
+#: how temporary names carry their process: ".<name>.w2sr<pid>.…" (files), ".<name>.staging.w2sr<pid>-…" (folders)
+_PID_TAG = re.compile(r"\.w2sr(\d+)[.-]")
+
+
+def temp_prefix(name: str, kind: str = "") -> str:
+    """Prefix of this process's temporary files (or ``kind`` folders) for ``name``."""
+    return f".{name}.{kind + '.' if kind else ''}w2sr{os.getpid()}{'-' if kind else '.'}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale(folder: Path, prefix: str = ".") -> list[Path]:
+    """Remove temporary files and folders in ``folder`` whose names start with ``prefix`` and carry
+    the PID of a process that no longer runs (the leftovers of a killed run). Returns them."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        m = _PID_TAG.search(entry.name) if entry.name.startswith(prefix) else None
+        if not m or _alive(int(m.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+        log.info("removed %s, left by an interrupted run (process %s is gone)", entry, m.group(1))
+    return removed
+
+
+def recover_replaced_dir(target: Path) -> None:
+    """Finish a :func:`atomic_replace_dir` that a kill interrupted: the old folder comes back when the
+    new one never arrived; a leftover old folder beside a complete new one is removed."""
+    target = Path(target)
+    old = target.with_name(f".{target.name}.old")
+    if not old.exists():
+        return
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(old, target)
+        log.warning("%s: restored from %s (an earlier run was interrupted while replacing it)", target, old.name)
 
 
 @contextlib.contextmanager
@@ -18,7 +80,7 @@ def atomic_path(target: Path, suffix: str | None = None) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=suffix if suffix is not None else target.suffix + ".tmp",
+        prefix=temp_prefix(target.name), suffix=suffix if suffix is not None else target.suffix + ".tmp",
         dir=target.parent,
     )
     os.close(fd)
