@@ -495,7 +495,7 @@ def export_bundle(source: str | Path, out: str | Path, *, config: Optional[str |
     from export.bundle_info import sha256_file
     from export.validate import (check_deepimagej_zip, format_report, run_bioimageio_test,
                                  validate_bundle, write_report)
-    from training.io import atomic_replace_dir, recover_replaced_dir, sweep_stale, temp_prefix
+    from training.io import atomic_replace_dir, disk_problem, recover_replaced_dir, sweep_stale, temp_prefix
 
     t_start = time.perf_counter()
     out = Path(out)
@@ -511,8 +511,11 @@ def export_bundle(source: str | Path, out: str | Path, *, config: Optional[str |
     check_out(out, force, name)
     log.info("exporting %s (config %s) -> %s as '%s'", src.keras_path, src.config_path, out, name)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name, "staging"), dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name, "staging"), dir=out.parent))
+    except OSError as exc:
+        raise UserError(f"{out.parent}: cannot write the bundle there ({disk_problem(exc) or exc.strerror or exc})") from None
     try:
         # 1. the generator ---------------------------------------------------------------------
         model = load_generator(src.keras_path)
@@ -669,6 +672,13 @@ def export_bundle(source: str | Path, out: str | Path, *, config: Optional[str |
         if out.exists() and any(out.iterdir()):
             log.info("replacing the existing bundle in %s", out)
         atomic_replace_dir(stage, out)
+    except OSError as exc:
+        shutil.rmtree(stage, ignore_errors=True)
+        problem = disk_problem(exc)
+        if problem:
+            raise UserError(f"{out.parent}: {problem} while building the bundle; nothing was written "
+                            f"(the old bundle, if any, is untouched)") from None
+        raise
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

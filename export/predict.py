@@ -48,7 +48,7 @@ import numpy as np
 from export.bundle_info import BundleInfo, read_bundle
 from export.processing import postprocess, preprocess
 from export.tiling import balanced_tile, count_tiles, predict_tiled
-from training.io import atomic_path, sweep_stale, temp_prefix
+from training.io import atomic_path, disk_problem, sweep_stale, temp_prefix
 from w2sr.errors import DataError, UserError
 
 log = logging.getLogger("w2sr.predict")
@@ -600,6 +600,13 @@ def run_job(src: str, dst: str, settings: Settings) -> Result:
         msg = f"{src}: out of memory (try a smaller --tile)"
         log.error("%s", msg)
         return Result(src, dst, "failed", msg, worker=worker)
+    except OSError as exc:
+        problem = disk_problem(exc)
+        if problem:  # the next file would fail the same way: stop the batch here, in one line
+            raise UserError(f"{dst_p.parent}: {problem}; stopped at {src} (outputs already written are complete)") from None
+        msg = f"{src}: prediction failed ({type(exc).__name__}: {_one_line(exc)})"
+        log.error("%s", msg, exc_info=log.isEnabledFor(logging.DEBUG))
+        return Result(src, dst, "failed", msg, worker=worker)
     except Exception as exc:  # a runtime or I/O failure on one file must not stop the batch
         msg = f"{src}: prediction failed ({type(exc).__name__}: {_one_line(exc)})"
         log.error("%s", msg, exc_info=log.isEnabledFor(logging.DEBUG))
@@ -677,7 +684,10 @@ def predict_files(bundle: str | Path, inputs: Sequence[str | Path], out_dir: str
     for f in failures:
         log.error("%s", f.message)
     created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{out_dir}: cannot create the output folder ({exc.strerror or exc})") from None
     sweep_stale(out_dir)  # temporary files of a killed earlier run (their process is gone)
     try:
         settings = Settings(str(Path(bundle).resolve()), runtime, threads, tile, batch, fmt, overwrite,

@@ -95,3 +95,64 @@ def test_rdf_yaml_edits_do_not_matter_for_the_one_line_rule(tmp_path, image, cap
     (b / "rdf.yaml").write_text(yaml.safe_dump(doc))
     assert cli(["predict", str(b), str(image), "--out", str(tmp_path / "out")]) == 2
     assert "gone.onnx: weights named in the rdf are missing" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("fault", ["enospc", "short write"])
+def test_a_full_disk_stops_the_batch_at_the_first_file_in_one_line(tmp_path, capsys, monkeypatch, fault):
+    import errno
+
+    b = write_bundle(tmp_path / "bundle")
+    for name in ("a.tif", "b.tif"):
+        tifffile.imwrite(tmp_path / name, np.full((40, 40), 100, np.float32))
+    calls = []
+
+    def full_disk(path, *args, **kwargs):
+        calls.append(path)
+        Path(path).write_bytes(b"\0" * 100)  # a partial write, as a full disk leaves it
+        if fault == "enospc":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise OSError("262144 requested and 76712 written")
+
+    monkeypatch.setattr(tifffile, "imwrite", full_disk)  # export.predict imports it in its functions
+    out = tmp_path / "out"
+    assert cli(["predict", str(b), str(tmp_path / "a.tif"), str(tmp_path / "b.tif"), "--out", str(out),
+                "--no-progress"]) == 2
+    line = one_error_line(capsys)
+    assert "no space left on the device; stopped at" in line and "a.tif" in line
+    assert len(calls) == 1  # b.tif was not attempted
+    assert not out.exists() or not any(out.iterdir())  # no partial output left
+
+
+def test_an_output_folder_that_cannot_be_created_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+
+    b = write_bundle(tmp_path / "bundle")
+    tifffile.imwrite(tmp_path / "a.tif", np.full((40, 40), 100, np.float32))
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if self.name == "out":
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    assert cli(["predict", str(b), str(tmp_path / "a.tif"), "--out", str(tmp_path / "out")]) == 2
+    assert "cannot create the output folder (Read-only file system)" in one_error_line(capsys)
+
+
+def test_export_onto_a_read_only_disk_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+    import tempfile
+
+    from export_fixtures import make_run
+
+    run = make_run(tmp_path / "run")
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    assert cli(["export", str(run), "--out", str(tmp_path / "bundle"), "--quick"]) == 2
+    line = one_error_line(capsys)
+    assert "cannot write the bundle there (read-only file system)" in line
+    assert not (tmp_path / "bundle").exists()

@@ -7,6 +7,7 @@ the leftovers of a killed run (PID gone) from a run still going, and remove them
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -55,6 +56,18 @@ def sweep_stale(folder: Path, prefix: str = ".") -> list[Path]:
         removed.append(entry)
         log.info("removed %s, left by an interrupted run (process %s is gone)", entry, m.group(1))
     return removed
+
+
+def disk_problem(exc: OSError) -> str | None:
+    """What is wrong with the disk being written, when ``exc`` says so (None for other I/O errors).
+    tifffile reports a full disk as a short write ("N requested and M written"), without errno."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT) or re.search(r"\d+ requested and \d+ written", str(exc)):
+        return "no space left on the device"
+    if exc.errno == errno.EROFS:
+        return "read-only file system"
+    if exc.errno == errno.EACCES:
+        return "permission denied"
+    return None
 
 
 def recover_replaced_dir(target: Path) -> None:
