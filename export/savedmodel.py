@@ -16,7 +16,6 @@ byte-identical files. Each weight is stored once (as a graph constant; ``variabl
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import shutil
 import tempfile
@@ -100,27 +99,11 @@ class SavedModelExport:
 # Keras model loading and checks
 
 
-def import_custom_layers() -> None:
-    """Import the project's model package so its serialisable custom layers are registered."""
-    try:
-        importlib.import_module("training.models")
-    except ImportError as exc:  # a model module not written (yet): plain Keras files still load
-        log.debug("training.models not importable (%s); loading without project layers", exc)
-
-
 def load_generator(path: str | Path) -> Any:
-    """Load ``generator.keras`` (no compile); a clear UserError naming the file when it fails."""
-    import keras
+    """Load ``generator.keras`` (no compile): ``training.models.load_generator``, one-line errors."""
+    from training.models import load_generator as load
 
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: generator file not found")
-    import_custom_layers()
-    try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as exc:  # corrupt zip, unknown layer, wrong format
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: cannot load the Keras generator: {first}") from None
+    return load(path)
 
 
 def check_generator(model: Any, source: str | Path = "model", scale: int = 2) -> None:

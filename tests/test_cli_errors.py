@@ -156,3 +156,21 @@ def test_export_onto_a_read_only_disk_is_one_line(tmp_path, capsys, monkeypatch)
     line = one_error_line(capsys)
     assert "cannot write the bundle there (read-only file system)" in line
     assert not (tmp_path / "bundle").exists()
+
+
+def test_train_onto_a_read_only_disk_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if self.name == "run":
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    assert cli(["train", "--config", "tiny", "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err  # the tiny config simulates its data first (progress bars)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err
+    assert "run: read-only file system" in errors[0] and "--resume" in errors[0]

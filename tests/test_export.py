@@ -288,7 +288,9 @@ def test_clear_errors_for_broken_run_folders(tmp_path, tiny_run):
     broken.mkdir()
     (broken / "generator.keras").write_bytes(b"not a keras file")
     (broken / "config.yaml").write_text((tiny_run / "config.yaml").read_text())
-    fails(broken, r"generator.keras: cannot load")
+    fails(broken, r"generator.keras: not a Keras .keras file \(not a zip archive: truncated or damaged")
+    (broken / "generator.keras").write_bytes((tiny_run / "generator.keras").read_bytes()[:4000])
+    fails(broken, r"generator.keras: not a Keras .keras file")  # a truncated copy, not "File not found"
     no_cfg = tmp_path / "no-config"
     no_cfg.mkdir()
     (no_cfg / "generator.keras").write_bytes((tiny_run / "generator.keras").read_bytes())

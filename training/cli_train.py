@@ -159,7 +159,16 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = load_train_config(args.config, args.run_dir, args.resume, args.overrides)
     from training.train import train
 
-    run = train(cfg, args.run_dir, resume=args.resume)
+    from training.io import disk_problem
+
+    try:
+        run = train(cfg, args.run_dir, resume=args.resume)
+    except OSError as exc:
+        problem = disk_problem(exc)
+        if not problem:
+            raise
+        raise UserError(f"{args.run_dir}: {problem} ({exc.filename or exc}); checkpoints written so far are kept: "
+                        f"fix it and rerun with --resume") from None
     print(f"run folder: {run}  (generator.keras, metrics.csv, panels/, loss_curves.png)")
     return 0
 

@@ -43,17 +43,9 @@ def load_run(run_dir: Path):
     if not cfg.normalization.resolved:
         raise UserError(f"{config_path}: normalization is not resolved (the run did not finish "
                         f"its start-up); evaluate needs input/target mean and std")
-    if not model_path.is_file():
-        raise UserError(f"generator not found: {model_path} (has the run finished?)")
-    import keras
+    from training.models import load_generator
 
-    import training.models  # noqa: F401  (registers the custom layers)
-
-    try:
-        model = keras.models.load_model(model_path, compile=False)
-    except Exception as exc:
-        raise UserError(f"{model_path}: cannot load the generator: {exc}") from None
-    return cfg, model
+    return cfg, load_generator(model_path)
 
 
 def predict_image(model, lr: np.ndarray, norm) -> np.ndarray:

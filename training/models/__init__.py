@@ -22,7 +22,30 @@ def build_discriminator(cfg):
     return DISCRIMINATORS.get(cfg.name)(cfg)
 
 
+def load_generator(path):
+    """``generator.keras`` -> keras.Model (not compiled); one-line UserError naming the file when it
+    is missing, not a .keras archive (truncated, damaged) or not loadable."""
+    import zipfile
+    from pathlib import Path
+
+    import keras
+
+    from w2sr.errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: generator file not found (has the run finished?)")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: not a Keras .keras file (not a zip archive: truncated or damaged? "
+                        f"{path.stat().st_size} bytes)")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # unknown layer, damaged member, wrong format
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: cannot load the Keras generator: {first}") from None
+
+
 __all__ = [
-    "build_generator", "build_discriminator", "GENERATORS", "DISCRIMINATORS",
+    "build_generator", "build_discriminator", "load_generator", "GENERATORS", "DISCRIMINATORS",
     "register_generator", "register_discriminator",
 ]
