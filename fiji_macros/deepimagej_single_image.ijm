@@ -96,7 +96,8 @@ checkNotSameFolder(File.getDirectory(input), output);
 checkDeepImageJInstalled();
 outPath = output + File.getNameWithoutExtension(name) + OUTPUT_SUFFIX;
 if (File.exists(outPath) && !overwrite)
-    exit("Output exists: " + outPath + " (overwrite=true to replace it).");
+    if (outputIsGood(outPath)) // && does not short-circuit in the macro language
+        exit("Output exists: " + outPath + " (overwrite=true to replace it).");
 if (!File.isDirectory(output))
     File.makeDirectory(output);
 if (!File.isDirectory(output))
@@ -204,7 +205,11 @@ function headerProblem(path) {
     lower = toLowerCase(path);
     if (endsWith(lower, ".tif") || endsWith(lower, ".tiff")) {
         if ((c0 == 73 && c1 == 73 && c2 == 42 && c3 == 0) || (c0 == 77 && c1 == 77 && c2 == 0 && c3 == 42))
-            return "";
+        {
+            littleEndian = (c0 == 73);
+            truncation = tiffTruncation(path, littleEndian); // ImageJ: "return f(...)" wants a number here
+            return truncation;
+        }
         if ((c0 == 73 && c1 == 73 && c2 == 43) || (c0 == 77 && c1 == 77 && c3 == 43))
             return "BigTIFF, which ImageJ 1 cannot open (open it with Bio-Formats and save as TIFF)";
         return "not a TIFF file (bad header)";
@@ -321,6 +326,9 @@ function predictImage(src, outPath, model, tmp) {
     if (bitDepth() == 24)
         return "RGB colour image: the model takes one channel (convert to 8/16/32-bit grayscale first)";
     getDimensions(width, height, channels, slices, frames);
+    shapeProblem = flattenedShape();
+    if (shapeProblem != "")
+        return shapeProblem;
     tooLarge = deepImageJLimit(model, width, height);
     if (tooLarge != "")
         return SKIP + tooLarge;
@@ -344,6 +352,12 @@ function predictImage(src, outPath, model, tmp) {
         if (nSlices != 1)
             return "could not take plane " + plane + " out of the stack";
         run("32-bit"); // before DeepImageJ: its pre-processing would run on 8/16-bit integers
+        getRawStatistics(nFinite);
+        if (nFinite < getWidth() * getHeight()) { // ImageJ leaves NaN and +-Inf out of the count
+            where = "";
+            if (n > 1) where = " in plane " + plane + " of " + n;
+            return "holds NaN or Inf values" + where + " (" + (getWidth() * getHeight() - nFinite) + " pixels); the model needs finite numbers";
+        }
         mirrorPadTo(canvasW, canvasH);
         saveAs("Tiff", inDir + TMP_PLANE + IJ.pad(plane, 6) + ".tif");
         close();
@@ -465,6 +479,81 @@ function mirrorPadTo(w, h) {
         for (x = 0; x < w; x++)
             setPixel(x, y, pix[row + fold(x, sw)]);
     }
+}
+
+// Little/big-endian unsigned integers in a raw string of bytes.
+function u16(b, p, le) {
+    if (le) return charCodeAt(b, p) + 256 * charCodeAt(b, p + 1);
+    return 256 * charCodeAt(b, p) + charCodeAt(b, p + 1);
+}
+function u32(b, p, le) {
+    if (le) return u16(b, p, le) + 65536 * u16(b, p + 2, le);
+    return 65536 * u16(b, p, le) + u16(b, p + 2, le);
+}
+
+// "" unless the first image of a TIFF points past the end of the file (a truncated copy, which
+// ImageJ would open silently with zeros). Reads the first IFD's StripOffsets/StripByteCounts.
+function tiffTruncation(path, le) {
+    size = File.length(path);
+    b = File.openAsRawString(path, 1048576);
+    ifd = u32(b, 4, le);
+    if (ifd + 2 > lengthOf(b))
+        return "";  // the directory lies beyond what is read here: not checked
+    n = u16(b, ifd, le);
+    offsets = -1; counts = -1; nStrips = 0; wide = 4; offWide = 4; cntWide = 4;
+    for (k = 0; k < n && ifd + 14 + 12 * k <= lengthOf(b); k++) {
+        e = ifd + 2 + 12 * k;
+        tag = u16(b, e, le);
+        type = u16(b, e + 2, le);
+        count = u32(b, e + 4, le);
+        if (tag == 273 || tag == 279) {
+            wide = 4;
+            if (type == 3) wide = 2;
+            if (count * wide <= 4) where = e + 8; else where = u32(b, e + 8, le);
+            if (tag == 273) { offsets = where; nStrips = count; offWide = wide; }
+            else { counts = where; cntWide = wide; }
+        }
+    }
+    if (offsets < 0 || counts < 0 || offsets + nStrips * offWide > lengthOf(b) || counts + nStrips * cntWide > lengthOf(b))
+        return "";
+    for (k = 0; k < nStrips; k++) {
+        if (offWide == 2) o = u16(b, offsets + 2 * k, le); else o = u32(b, offsets + 4 * k, le);
+        if (cntWide == 2) c = u16(b, counts + 2 * k, le); else c = u32(b, counts + 4 * k, le);
+        if (o + c > size)
+            return "truncated TIFF: its image data runs to byte " + (o + c) + " but the file has " + size + " bytes";
+    }
+    return "";
+}
+
+// "" when the open image is 2D or a stack ImageJ understands; else why not. A TIFF written with more
+// than 3 dimensions by another program (tifffile: ImageDescription {"shape": [...]}) is read by
+// ImageJ 1 as one flat stack: its planes would be mixed up, so it is refused, as w2sr predict does.
+function flattenedShape() {
+    info = getMetadata("Info");
+    k = indexOf(info, "{\"shape\": [");
+    if (k < 0 || nSlices == 1)
+        return "";
+    dims = split(substring(info, k + 11, indexOf(info, "]", k)), ", ");
+    if (dims.length > 3)
+        return "a " + dims.length + "-D array (shape [" + String.join(dims, ", ") + "]) that ImageJ reads as one flat stack of " + nSlices + " planes; save it as an ImageJ hyperstack or 2D/3D TIFF";
+    return "";
+}
+
+// Whether an existing result file is one to keep: opens, 32-bit, finite in every plane.
+function outputIsGood(path) {
+    mine = nImages;
+    IJ.redirectErrorMessages();
+    open(path);
+    if (nImages == mine)
+        return false;
+    good = bitDepth() == 32;
+    for (k = 1; k <= nSlices && good; k++) {
+        setSlice(k);
+        getRawStatistics(nFinite);
+        good = nFinite == getWidth() * getHeight();
+    }
+    close();
+    return good;
 }
 
 // ---- end of shared functions ----

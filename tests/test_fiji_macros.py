@@ -391,6 +391,49 @@ def test_batch_macro_logs_unreadable_files_and_goes_on(fiji_bundle, predictor, t
 
 @pytest.mark.imagej
 @needs_imagej
+def test_batch_macro_refuses_images_that_would_give_garbage(fiji_bundle, predictor, tmp_path):
+    """As w2sr predict: a truncated TIFF, NaN/Inf pixels and a >3-D array ImageJ would flatten get
+    no output and a reason; an earlier run's bad output (NaN) is not taken as done."""
+    import tifffile
+
+    rng = np.random.default_rng(8)
+    src, out = tmp_path / "in", tmp_path / "sr"
+    src.mkdir()
+    out.mkdir()
+    good = rng.normal(120, 40, (32, 40)).astype(np.float32)
+    tifffile.imwrite(src / "good.tif", good)
+    redo = rng.normal(120, 40, (32, 40)).astype(np.float32)
+    tifffile.imwrite(src / "redo.tif", redo)
+    tifffile.imwrite(out / "redo_sr.tif", np.full((64, 80), np.nan, np.float32))  # an earlier bad result
+    full = rng.normal(120, 40, (64, 64)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "full.tif", full)
+    data = (tmp_path / "full.tif").read_bytes()
+    (src / "truncated.tif").write_bytes(data[: len(data) // 2])
+    nan = good.copy()
+    nan[5, 7] = np.nan
+    tifffile.imwrite(src / "nan.tif", nan)
+    inf_stack = np.stack([good, good]).copy()
+    inf_stack[1, 3, 3] = np.inf
+    tifffile.imwrite(src / "inf_stack.tif", inf_stack, imagej=True, metadata={"axes": "ZYX"})
+    tifffile.imwrite(src / "five_d.tif", rng.random((2, 2, 2, 16, 16)).astype(np.float32))
+    before = tree_hashes(src)
+
+    res = run_macro(BATCH, args(model=fiji_bundle, input=src, output=out))
+    assert res.returncode == 2
+    assert "Summary: 2 done, 0 skipped, 4 failed" in res.stdout
+    for name, why in [("truncated.tif", "truncated TIFF: its image data runs to byte"),
+                      ("nan.tif", "holds NaN or Inf values \\(1 pixels\\)"),
+                      ("inf_stack.tif", "holds NaN or Inf values in plane 2 of 2"),
+                      ("five_d.tif", "a 5-D array \\(shape \\[2, 2, 2, 16, 16\\]\\)")]:
+        assert re.search(rf"FAILED {re.escape(name)}: .*{why}", res.stdout), (name, res.stdout)
+    assert "redo_sr.tif exists but holds NaN/Inf" in res.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["good_sr.tif", "redo_sr.tif"]
+    assert_zoo_close(read_tif(out / "redo_sr.tif")[0], predictor(redo), "redone output")
+    assert tree_hashes(src) == before
+
+
+@pytest.mark.imagej
+@needs_imagej
 def test_batch_macro_reports_a_model_that_does_not_run(fiji_bundle, tmp_path):
     """DeepImageJ fails on every image (here: the weights are gone): each file fails, with a reason."""
     import tifffile
