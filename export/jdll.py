@@ -232,43 +232,51 @@ def plan(model: JdllModel, shape: tuple[int, int]) -> TilePlan:
         out_x=axis_plan(out_w, int(tw * model.x.scale + 2 * model.x.offset), model.x.out_halo))
 
 
+def _tile_indices(tp: TilePlan) -> list[tuple[int, int]]:
+    """(row, column) of every tile, rows outer: JDLL's order (it only matters where the last, clamped
+    tile of an axis overlaps the one before; both orders write it last)."""
+    return [(iy, ix) for iy in range(len(tp.in_y.patch_starts)) for ix in range(len(tp.in_x.patch_starts))]
+
+
+def cut_tiles(image: np.ndarray, tp: TilePlan, which: Optional[list] = None) -> np.ndarray:
+    """The input tiles JDLL feeds the network (``which``: tile indices, default all), cut from the
+    mirror-extended image, as one ``(n, th, tw, 1)`` float32 batch."""
+    h, w = tp.shape
+    which = _tile_indices(tp) if which is None else which
+    return np.stack([image[np.ix_(symmetric_indices(tp.in_y.patch_starts[iy], tp.tile[0], h),
+                                  symmetric_indices(tp.in_x.patch_starts[ix], tp.tile[1], w))]
+                     for iy, ix in which]).astype(np.float32)[..., None]
+
+
+def _place(out: np.ndarray, y: np.ndarray, tp: TilePlan, iy: int, ix: int) -> None:
+    """Write one tile's output ROI where JDLL's *output* grid puts it (``getNthTileOutput``)."""
+    y = np.asarray(y, np.float32)
+    y = y[..., 0] if y.ndim == 3 else y
+    ry, rx = tp.out_y.roi_starts[iy], tp.out_x.roi_starts[ix]
+    oy, ox = ry - tp.out_y.patch_starts[iy], rx - tp.out_x.patch_starts[ix]
+    out[ry: ry + tp.out_y.roi, rx: rx + tp.out_x.roi] = y[oy: oy + tp.out_y.roi, ox: ox + tp.out_x.roi]
+
+
 def run_tiled(predict_fn: Callable[[np.ndarray], np.ndarray], image: np.ndarray, tp: TilePlan,
               batch: int = 1) -> np.ndarray:
-    """``DLModelJava.runTiling`` on one preprocessed 2D image: every tile cut from the mirror-extended
-    image, run, and its output ROI written where JDLL's *output* grid puts it.
-
-    ``predict_fn`` maps ``(B, th, tw, 1)`` float32 to ``(B, s*th, s*tw, 1)``."""
+    """``DLModelJava.runTiling`` on one preprocessed 2D image: tiles cut, run by ``predict_fn``
+    (``(B, th, tw, 1)`` -> ``(B, s*th, s*tw, 1)``), outputs placed by JDLL's output grid."""
     image = np.asarray(image, np.float32)
-    h, w = tp.shape
     out = np.zeros((tp.out_y.image, tp.out_x.image), np.float32)
-    specs = [(iy, ix) for iy in range(len(tp.in_y.patch_starts)) for ix in range(len(tp.in_x.patch_starts))]
+    specs = _tile_indices(tp)
     for k in range(0, len(specs), batch):
         chunk = specs[k: k + batch]
-        tiles = np.stack([image[np.ix_(symmetric_indices(tp.in_y.patch_starts[iy], tp.tile[0], h),
-                                       symmetric_indices(tp.in_x.patch_starts[ix], tp.tile[1], w))]
-                          for iy, ix in chunk])[..., None]
-        result = np.asarray(predict_fn(tiles), np.float32)
-        if result.ndim == 4:
-            result = result[..., 0]
-        for (iy, ix), y in zip(chunk, result):
-            ry, rx = tp.out_y.roi_starts[iy], tp.out_x.roi_starts[ix]
-            oy, ox = ry - tp.out_y.patch_starts[iy], rx - tp.out_x.patch_starts[ix]
-            out[ry: ry + tp.out_y.roi, rx: rx + tp.out_x.roi] = y[oy: oy + tp.out_y.roi, ox: ox + tp.out_x.roi]
+        for (iy, ix), y in zip(chunk, np.asarray(predict_fn(cut_tiles(image, tp, chunk)))):
+            _place(out, y, tp, iy, ix)
     return out
 
 
-def cut_tiles(image: np.ndarray, tp: TilePlan) -> np.ndarray:
-    """The input tiles JDLL feeds the network, as one ``(n, th, tw, 1)`` float32 batch."""
-    h, w = tp.shape
-    return np.stack([image[np.ix_(symmetric_indices(py, tp.tile[0], h), symmetric_indices(px, tp.tile[1], w))]
-                     for py in tp.in_y.patch_starts for px in tp.in_x.patch_starts]).astype(np.float32)[..., None]
-
-
 def stitch(outputs: np.ndarray, tp: TilePlan) -> np.ndarray:
-    """Place network outputs of :func:`cut_tiles`'s tiles (same order) as JDLL does."""
-    it = iter(np.asarray(outputs, np.float32))
-    return run_tiled(lambda t: np.stack([next(it) for _ in range(len(t))]),
-                     np.zeros(tp.shape, np.float32), tp)
+    """Place the network outputs of :func:`cut_tiles`'s tiles (same order) as JDLL does."""
+    out = np.zeros((tp.out_y.image, tp.out_x.image), np.float32)
+    for (iy, ix), y in zip(_tile_indices(tp), outputs):
+        _place(out, y, tp, iy, ix)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
