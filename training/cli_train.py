@@ -163,11 +163,11 @@ def run_train(args: argparse.Namespace) -> int:
 
     try:
         run = train(cfg, args.run_dir, resume=args.resume)
-    except OSError as exc:
+    except Exception as exc:  # OSError, or TensorFlow's ResourceExhaustedError from the checkpoint writer
         problem = disk_problem(exc)
         if not problem:
             raise
-        raise UserError(f"{args.run_dir}: {problem} ({exc.filename or exc}); checkpoints written so far are kept: "
+        raise UserError(f"{args.run_dir}: {problem}; checkpoints written so far are kept: "
                         f"fix it and rerun with --resume") from None
     print(f"run folder: {run}  (generator.keras, metrics.csv, panels/, loss_curves.png)")
     return 0

@@ -58,14 +58,18 @@ def sweep_stale(folder: Path, prefix: str = ".") -> list[Path]:
     return removed
 
 
-def disk_problem(exc: OSError) -> str | None:
-    """What is wrong with the disk being written, when ``exc`` says so (None for other I/O errors).
-    tifffile reports a full disk as a short write ("N requested and M written"), without errno."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT) or re.search(r"\d+ requested and \d+ written", str(exc)):
+def disk_problem(exc: BaseException) -> str | None:
+    """What is wrong with the disk being written, when ``exc`` says so (None for other errors).
+    tifffile reports a full disk as a short write ("N requested and M written"), without errno;
+    TensorFlow's checkpoint writer raises ``ResourceExhaustedError`` with the OS message in its text."""
+    code = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
+    text = str(exc)
+    if code in (errno.ENOSPC, errno.EDQUOT) or re.search(r"\d+ requested and \d+ written|No space left on device|"
+                                                         r"Disk quota exceeded", text):
         return "no space left on the device"
-    if exc.errno == errno.EROFS:
+    if code == errno.EROFS or "Read-only file system" in text:
         return "read-only file system"
-    if exc.errno == errno.EACCES:
+    if code == errno.EACCES or (not isinstance(exc, OSError) and "Permission denied" in text):
         return "permission denied"
     return None
 

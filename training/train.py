@@ -480,6 +480,17 @@ def _fmt_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+def _remove_unfinished_checkpoints(ckpt_dir: Path) -> None:
+    """TensorFlow writes a checkpoint into ``ckpt-N_temp/`` and renames its files when done; a kill or
+    a full disk in between leaves that folder. It never holds a usable checkpoint: remove it."""
+    import shutil
+
+    for leftover in sorted(ckpt_dir.glob("*_temp")) if ckpt_dir.is_dir() else []:
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+            log.info("removed %s, an unfinished checkpoint of an interrupted run", leftover)
+
+
 def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
     """Train both phases into ``run_dir`` (see the module docstring); returns ``run_dir``."""
     from training.strategy import will_be_chief
@@ -529,6 +540,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
             raise RuntimeError(f"TF_CONFIG says chief={writer} but the strategy says chief={chief}")
         if chief:
             ckpt_dir = run_dir / CHECKPOINT_DIR
+            _remove_unfinished_checkpoints(ckpt_dir)
         else:
             # every worker must save (the save is a collective step), but only the chief's
             # checkpoints are kept: the others write into a temporary folder, removed at the end

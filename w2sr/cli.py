@@ -45,6 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _close_progress_bars() -> None:
+    """A bar that an error interrupted still holds the cursor mid-line: end it, so that the error
+    message starts a line of its own."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -59,9 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.handler(args)
     except KeyboardInterrupt:
+        _close_progress_bars()
         print("interrupted", file=sys.stderr)
         return 130
     except UserError as exc:
+        _close_progress_bars()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return int(result or 0)
