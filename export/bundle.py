@@ -85,8 +85,8 @@ def resolve_source(source: str | Path, config: Optional[str | Path] = None) -> R
         raise UserError(" ".join(lines) if lines else f"{config_path}: invalid config") from None
     norm = cfg.normalization
     if not norm.resolved:
-        raise UserError(f"{config_path}: normalization is not resolved (input_mean/input_std/target_mean/"
-                        f"target_std must be numbers; use the run's config.yaml written by training)")
+        raise UserError(f"{config_path}: normalization is not resolved (fixed mode: input_mean/input_std/"
+                        f"target_mean/target_std must be numbers; use the run's config.yaml written by training)")
     return RunSource(keras_path=keras_path, config_path=config_path, run_dir=run_dir, cfg=cfg)
 
 
@@ -159,8 +159,9 @@ def read_image_2d(path: Path) -> np.ndarray:
     return arr.astype(np.float32)
 
 
-def _synthetic_sample(size: int, mean: float, std: float, seed: int = 0) -> np.ndarray:
-    """A W2S-like widefield image from the simulator, rescaled to the training statistics."""
+def _synthetic_sample(size: int, mean: Optional[float], std: Optional[float], seed: int = 0) -> np.ndarray:
+    """A W2S-like widefield image from the simulator, rescaled to the training statistics (fixed
+    mode), or left in the simulator's camera counts (percentile mode: ``mean`` None)."""
     rng = np.random.default_rng(seed)
     try:
         from training.data import simulator
@@ -173,7 +174,8 @@ def _synthetic_sample(size: int, mean: float, std: float, seed: int = 0) -> np.n
 
         img = gaussian_filter(rng.standard_normal((size, size)), 3) + 0.1 * rng.standard_normal((size, size))
     img = np.asarray(img, np.float64)
-    img = (img - img.mean()) / (img.std() + 1e-12) * std + mean
+    if mean is not None and std is not None:
+        img = (img - img.mean()) / (img.std() + 1e-12) * std + mean
     return img.astype(np.float32)
 
 
@@ -488,7 +490,6 @@ def export_bundle(source: str | Path, out: str | Path, *, config: Optional[str |
     off only for quick development runs). ``engines``: also run export.engines (old runtimes).
     """
     from export.onnx_export import export_onnx
-    from export.processing import postprocess, preprocess
     from export.rdf import (ONNX_OPSET, POST_MACRO, PRE_MACRO, TENSORFLOW_VERSION, RdfParams, build_rdf,
                             deepimagej_macros, make_zoo_package, render_readme, validate_rdf_format, write_rdf)
     from export.savedmodel import check_generator, export_savedmodel, load_generator
@@ -506,6 +507,7 @@ def export_bundle(source: str | Path, out: str | Path, *, config: Optional[str |
     src = resolve_source(source, config)
     cfg = src.cfg
     norm = cfg.normalization
+    maths = norm.maths
     name = name or cfg.name
     fname = safe_name(name)
     check_out(out, force, name)
@@ -525,13 +527,13 @@ def export_bundle(source: str | Path, out: str | Path, *, config: Optional[str |
         from export.runtimes import KerasRuntime, SavedModelRuntime
 
         plain = KerasRuntime(model)
-        post = lambda y: postprocess(y, norm.target_mean, norm.target_std)  # noqa: E731
+        post = maths.output
 
         # 2. sample image and halo (how far context reaches), on the generator itself ----------------
         image, image_source = sample_image(src, Path(sample) if sample else None, max(tile, halo_image_size))
         log.info("sample image: %s, %dx%d", image_source, *image.shape)
         side = min(halo_image_size, max(min(image.shape), 64))
-        x_measure = preprocess(center_crop(image, side), norm.input_mean, norm.input_std)
+        x_measure = maths.input(center_crop(image, side))
         if halo is None:
             log.info("measuring the halo on a %dx%d crop ...", *x_measure.shape)
             hm = measure_halo(plain.predict, x_measure, post, max_halo=max_halo)
@@ -561,7 +563,7 @@ def export_bundle(source: str | Path, out: str | Path, *, config: Optional[str |
         # 3. test tensors, samples, cover, macros ---------------------------------------------
         crop = center_crop(image, size)
         raw = crop[None, :, :, None].astype(np.float32)
-        y = post(runtime.predict(preprocess(raw, norm.input_mean, norm.input_std))).astype(np.float32)
+        y = post(runtime.predict(maths.input(raw[0, :, :, 0])[None, :, :, None])).astype(np.float32)
         np.save(stage / "test_input.npy", raw)
         np.save(stage / "test_output.npy", y)
         import tifffile
@@ -569,7 +571,7 @@ def export_bundle(source: str | Path, out: str | Path, *, config: Optional[str |
         tifffile.imwrite(stage / "sample_input.tif", raw[0, :, :, 0], imagej=True, metadata={"axes": "YX"})
         tifffile.imwrite(stage / "sample_output.tif", y[0, :, :, 0], imagej=True, metadata={"axes": "YX"})
         write_cover(stage / "cover.png", raw[0, :, :, 0], y[0, :, :, 0])
-        pre_txt, post_txt = deepimagej_macros(norm.input_mean, norm.input_std, norm.target_mean, norm.target_std)
+        pre_txt, post_txt = deepimagej_macros(maths)
         (stage / PRE_MACRO).write_text(pre_txt)
         (stage / POST_MACRO).write_text(post_txt)
         macros = sorted(FIJI_MACROS_DIR.glob("*.ijm")) if FIJI_MACROS_DIR.is_dir() else []
@@ -597,7 +599,7 @@ def export_bundle(source: str | Path, out: str | Path, *, config: Optional[str |
         w2sr_block = {
             "exported_with": versions,
             "run": {"name": cfg.name, "folder": src.run_dir.name, "generator": cfg.generator.model_dump(mode="json")},
-            "normalization": {k: float(v) for k, v in norm.model_dump().items()},
+            "normalization": {k: v for k, v in norm.model_dump().items() if v is not None},
             "halo": {k: v for k, v in asdict(hm).items() if k != "candidates"},
             "sample_image": image_source,
             "savedmodel": {"ops": sm.ops, "n_weights": sm.n_weights, "n_params": sm.n_params,
@@ -606,8 +608,7 @@ def export_bundle(source: str | Path, out: str | Path, *, config: Optional[str |
             "keras_generator": "generator.keras (not a listed weight format)",
         }
         params = RdfParams(
-            name=name, input_mean=norm.input_mean, input_std=norm.input_std, target_mean=norm.target_mean,
-            target_std=norm.target_std, halo=hm.halo, tile=tile, padding=padding, any_size_from=any_size_from,
+            name=name, normalization=maths, halo=hm.halo, tile=tile, padding=padding, any_size_from=any_size_from,
             savedmodel_sha256=sha256_file(stage / "tf_saved_model.zip"), onnx_sha256=sha256_file(stage / "weights.onnx"),
             timestamp=_timestamp(src.keras_path), authors=list(authors) if authors else [{"name": "w2sr contributors"}],
             license=license, memory_peak=memory_peak, runtime=runtime_s, attachments=attachments, w2sr=w2sr_block,

@@ -12,6 +12,7 @@ from typing import Optional
 
 import yaml
 
+from export.processing import Normalization
 from w2sr.errors import UserError
 
 
@@ -19,10 +20,7 @@ from w2sr.errors import UserError
 class BundleInfo:
     root: Path
     name: str
-    input_mean: float
-    input_std: float
-    target_mean: float
-    target_std: float
+    normalization: Normalization  # the rdf's pre/post-processing (percentile or fixed)
     halo: int            # in input pixels (the rdf states it on the output, 2x this)
     min_size: int        # smallest input side the rdf allows
     step: int            # the rdf's sizes are min_size + n * step (0: exactly min_size, DeepImageJ's tile)
@@ -111,6 +109,24 @@ def _output_affine(ops: list, rdf: Path) -> tuple[float, float]:
     return 1.0 / denom, -_scalar(kw["mean"]) / denom
 
 
+def _normalization(pre_ops: list, post_ops: list, rdf: Path) -> Normalization:
+    """The rdf's processing as a Normalization: ``scale_range`` (per sample) before the network and
+    nothing after it, or the fixed z-score before and an affine map after."""
+    names = [o.get("name") for o in pre_ops or []]
+    if "scale_range" in names:
+        kw = _kwargs(pre_ops, "scale_range", rdf)
+        if kw.get("mode", "per_sample") != "per_sample" or kw.get("reference_tensor"):
+            raise ValueError("scale_range (only per_sample without reference_tensor is supported)")
+        if post_ops:
+            raise ValueError("postprocessing (none expected after scale_range)")
+        return Normalization(mode="percentile", low_percentile=float(kw.get("min_percentile", 0.0)),
+                             high_percentile=float(kw.get("max_percentile", 100.0)))
+    pre = _kwargs(pre_ops, "zero_mean_unit_variance", rdf)
+    gain, offset = _output_affine(post_ops, rdf)
+    return Normalization(mode="fixed", input_mean=_scalar(pre["mean"]), input_std=_scalar(pre["std"]),
+                         target_mean=offset, target_std=gain)
+
+
 def read_bundle(path: str | Path) -> BundleInfo:
     """Parse ``path`` (a bundle folder or its rdf.yaml) into a BundleInfo; errors name the file."""
     path = Path(path)
@@ -133,8 +149,7 @@ def read_bundle(path: str | Path) -> BundleInfo:
     root = rdf.parent
     try:
         inp, out = doc["inputs"][0], doc["outputs"][0]
-        pre = _kwargs(inp.get("preprocessing"), "zero_mean_unit_variance", rdf)
-        post = _output_affine(out.get("postprocessing"), rdf)
+        normalization = _normalization(inp.get("preprocessing"), out.get("postprocessing"), rdf)
         axes = inp["axes"]
         y = axes.index("y")
         min_size = int(inp["shape"]["min"][y])
@@ -151,10 +166,7 @@ def read_bundle(path: str | Path) -> BundleInfo:
         return BundleInfo(
             root=root,
             name=str(doc.get("name", root.name)),
-            input_mean=_scalar(pre["mean"]),
-            input_std=_scalar(pre["std"]),
-            target_mean=post[1],
-            target_std=post[0],
+            normalization=normalization,
             halo=halo_out // scale,
             min_size=min_size,
             step=step,

@@ -450,13 +450,11 @@ def check_engines(bundle_path: Union[str, Path], engines: Optional[Sequence[Unio
     with _open_bundle(Path(bundle_path)) as root:
         bundle = _read(root)
         from export import jdll
-        from export.processing import postprocess, preprocess
-
         info = bundle.info
         raw = np.load(info.test_input)
         expected = np.load(info.test_output).astype(np.float32)
-        x = preprocess(raw, info.input_mean, info.input_std)
-        post = lambda y: postprocess(y, info.target_mean, info.target_std)  # noqa: E731
+        x = info.normalization.input(raw[0, :, :, 0])[None, :, :, None]
+        post = info.normalization.output
         log.info("bundle %s: test input %s -> expected output %s; input '%s', output '%s'",
                  info.root, tuple(raw.shape), tuple(expected.shape), bundle.input_key, bundle.output_key)
         with tempfile.TemporaryDirectory(prefix="w2sr-engines-") as tmp:

@@ -13,9 +13,12 @@ gets, so that the exporter, ``w2sr validate``, the engine check and the Fiji sta
   grids are computed independently, as JDLL does, so JDLL's own misalignment (an output shifted by
   one pixel when ``tile - size`` is odd and larger than ``2 * halo``) is reproduced, not hidden;
 * ``ModelDescriptorV04.calculateTotalInputHalo``: input halo = ``(output halo + offset) / scale``;
-* ``ZeroMeanUnitVarianceTransformation``: its kwargs checks (with JDLL's own messages) and its
-  arithmetic (:func:`zero_mean_unit_variance`), applied to a float copy of the image, as
-  ``Processing.preprocess(inputs, false)`` does in 0.6.1 (no 8/16-bit flooring on that path);
+* ``ZeroMeanUnitVarianceTransformation`` and ``ScaleRangeTransformation``: their kwargs checks (with
+  JDLL's own messages, including the "Setter ... not found" of ``TransformationInstance`` for an
+  unknown kwarg) and their arithmetic (:func:`zero_mean_unit_variance`, :func:`scale_range`: JDLL's
+  un-interpolated percentile over the whole image), applied to a float copy of the whole image before
+  tiling, as ``BioimageIoModelJava.runBMZ`` / ``Processing.preprocess(inputs, false)`` do in 0.6.1 (no
+  8/16-bit flooring on that path);
 * ``TileCalculator.checkOutputSize``: when it is entered it never returns (:func:`never_returns`).
 
 Provenance: every rule here was read in JDLL's source at tag ``dl-modelrunner-0.6.1`` (files named in
@@ -341,15 +344,67 @@ def zero_mean_unit_variance(x: np.ndarray, kwargs: dict, tensor_axes: str) -> np
     return out
 
 
+def scale_range(x: np.ndarray, kwargs: dict, tensor_axes: str) -> np.ndarray:
+    """JDLL's ``scale_range`` (transformations/ScaleRangeTransformation.java) on a float copy of ``x``.
+
+    Percentiles are ``sorted[(int)(N * p / 100)]`` (clamped) over each plane of the axes in
+    ``axes`` (one per combination of the others; all axes when ``axes`` is absent or covers them),
+    then ``(x - lo) / (hi - lo + eps)`` in double, stored as float. ``reference_tensor`` is not
+    supported by JDLL (it only prints so): refused here, since the result would not be the rdf's."""
+    from export.processing import jdll_percentile
+
+    if kwargs.get("reference_tensor") is not None:
+        raise JdllError("scale_range with reference_tensor: JDLL still does not support this processing")
+    low, high = float(kwargs.get("min_percentile", 0)), float(kwargs.get("max_percentile", 100))
+    eps = float(kwargs.get("eps", 1e-6))
+    axes = _axes_string(kwargs.get("axes", kwargs.get("axis")))
+    data = np.asarray(x, np.float32)
+    selected = "" if axes is None else "".join(a for a in tensor_axes if a.lower() not in axes.lower())
+
+    def scale(block: np.ndarray) -> np.ndarray:
+        lo, hi = jdll_percentile(block, low), jdll_percentile(block, high)
+        return ((block.astype(np.float64) - lo) / (hi - lo + eps)).astype(np.float32)
+
+    if axes is None or selected == "" or len(selected) == len(tensor_axes):
+        return scale(data)
+    out = np.empty(data.shape, np.float32)
+    idx = [tensor_axes.index(a) for a in selected]
+    for point in np.ndindex(*[data.shape[i] for i in idx]):
+        sl = [slice(None)] * data.ndim
+        for i, p in zip(idx, point):
+            sl[i] = slice(p, p + 1)
+        out[tuple(sl)] = scale(data[tuple(sl)])
+    return out
+
+
+#: kwargs each transformation has a setter for in 0.6.1 (``TransformationInstance.setArg`` throws
+#: "Setter for argument ... not found" on any other); ``mode`` is TensorTransformation.setMode
+_SETTERS = {
+    "zero_mean_unit_variance": ("mode", "eps", "mean", "std", "axes", "axis"),
+    "scale_range": ("mode", "eps", "min_percentile", "max_percentile", "reference_tensor", "axes", "axis",
+                    "tensor_name"),
+}
+_OPS = {"zero_mean_unit_variance": zero_mean_unit_variance, "scale_range": scale_range}
+
+
+def _camel(name: str) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in name.split("_"))
+
+
 def apply_processing(x: np.ndarray, ops: list, tensor_axes: str) -> np.ndarray:
     """Every op of a pre- or postprocessing list, in order, on a float copy (``Processing`` in 0.6.1)."""
     y = np.asarray(x, np.float32).copy()
     for op in ops:
         name = op.get("name")
-        if name == "zero_mean_unit_variance":
-            y = zero_mean_unit_variance(y, op.get("kwargs") or {}, tensor_axes)
-        else:
+        if name not in _OPS:
             raise JdllError(f"processing op '{name}': not reproduced by export.jdll")
+        kwargs = op.get("kwargs") or {}
+        for key in kwargs:
+            if key not in _SETTERS[name]:
+                raise JdllError(f"Setter for argument '{key}' of the processing transformation '{name}' not found "
+                                f"in the Java transformation class 'class io.bioimage.modelrunner.transformations."
+                                f"{_camel(name)}Transformation'. A method called 'set{_camel(key)}' should be present.")
+        y = _OPS[name](y, kwargs, tensor_axes)
     return y
 
 
@@ -386,12 +441,16 @@ def predict(model: JdllModel, predict_fn: Callable[[np.ndarray], np.ndarray], im
 
 def macro_canvas(model: JdllModel, shape: tuple[int, int]) -> tuple[int, int]:
     """The size the batch macro mirror-pads an image to before DeepImageJ: a side shorter than
-    ``tile - 2 * halo`` is raised to the tile, which avoids JDLL's two small-image problems (the
-    "3 x the image" refusal and the one-pixel output shift). Other sides are left alone."""
+    ``tile - 2 * halo`` becomes the smallest whole number of mirrored copies of itself that reaches
+    ``tile - 2 * halo``. That avoids JDLL's two small-image problems (the "3 x the image" refusal
+    and the one-pixel output shift), and, because the canvas is whole copies, every pixel value
+    appears equally often: JDLL's percentiles of the canvas are those of the image (so a
+    percentile-normalised model sees the same input). Other sides are left alone."""
     out = []
     for size, axis in zip(shape, (model.y, model.x)):
-        tile = tile_size(int(size), axis)
-        out.append(tile if axis.step == 0 and size < tile - 2 * axis.halo else int(size))
+        size = int(size)
+        need = tile_size(size, axis) - 2 * axis.halo
+        out.append(size * -(-need // size) if axis.step == 0 and size < need else size)
     return out[0], out[1]
 
 

@@ -46,7 +46,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from export.bundle_info import BundleInfo, read_bundle
-from export.processing import postprocess, preprocess
+from export.processing import InputMap, NormalizationError
 from export.tiling import balanced_tile, count_tiles, predict_tiled
 from training.io import atomic_path, disk_problem, sweep_stale, temp_prefix
 from w2sr.errors import DataError, UserError
@@ -423,21 +423,22 @@ class Model:
             log.warning("%s: the rdf states halo 0; tiles may show seams", info.root / "rdf.yaml")
         return cls(info, load_runtime(info, settings.runtime, settings.threads), settings.runtime)
 
-    def predict_fn(self) -> Callable[[np.ndarray], np.ndarray]:
-        """Raw tiles (B,h,w,1) -> outputs in target units: the bundle's pre, network, post.
+    def predict_fn(self, input_map: InputMap) -> Callable[[np.ndarray], np.ndarray]:
+        """Raw tiles (B,h,w,1) -> outputs: the bundle's pre, network, post.
 
-        Pre- and post-processing are per pixel, so applying them per tile gives the numbers of the
-        whole image while never holding a normalised copy of it."""
-        info, runtime = self.info, self.runtime
+        ``input_map`` is measured once on the whole plane (percentiles, or the fixed statistics), and
+        the maps are per pixel, so tiles get the numbers of the whole image while no normalised copy
+        of it is ever held."""
+        runtime, norm = self.runtime, self.info.normalization
 
         def fn(x: np.ndarray) -> np.ndarray:
-            y = runtime.predict(preprocess(x, info.input_mean, info.input_std))
-            return postprocess(y, info.target_mean, info.target_std)
+            return norm.output(runtime.predict(input_map.apply(x)))
         return fn
 
     def predict_slice(self, plane: np.ndarray, settings: Settings, label: str = "") -> np.ndarray:
-        """Raw 2D slice (any dtype) -> float32 output in target units, (scale*H, scale*W)."""
+        """Raw 2D slice (any dtype) -> float32 output, (scale*H, scale*W), in the bundle's output units."""
         info = self.info
+        input_map = info.normalization.measure(plane)  # NormalizationError: the caller names the file
         tile = balanced_tile(plane.shape, settings.tile, info.halo, info.valid_size_at_least)
         n_tiles = count_tiles(plane.shape, tile, info.halo, info.valid_size_at_least)
         bar = None
@@ -446,7 +447,7 @@ class Model:
             bar = tqdm(total=n_tiles, desc=f"  tiles {label}", unit="tile", leave=False)
         try:
             # tiles are gathered as float32 before preprocessing: 8/16-bit inputs never round
-            return predict_tiled(self.predict_fn(), plane, tile, info.halo, scale=info.scale,
+            return predict_tiled(self.predict_fn(input_map), plane, tile, info.halo, scale=info.scale,
                                  valid_size=info.valid_size_at_least, batch=settings.batch,
                                  progress=bar.update if bar else None)
         finally:
@@ -507,8 +508,12 @@ def predict_file(src_path: Path, dst: Path, model: Model, settings: Settings) ->
 
         def planes() -> Iterator[np.ndarray]:
             for i in range(src.n_slices):
-                yield model.predict_slice(_checked_plane(src, i), settings,
-                                          f"{label}[{i}]" if src.n_slices > 1 else label)
+                plane = _checked_plane(src, i)
+                try:
+                    out = model.predict_slice(plane, settings, f"{label}[{i}]" if src.n_slices > 1 else label)
+                except NormalizationError as exc:
+                    raise _fail(src.path, f"{exc}{f' (slice {i})' if src.n_slices > 1 else ''}") from None
+                yield out
 
         with atomic_path(dst) as tmp:
             if settings.fmt == "float32":
@@ -516,7 +521,8 @@ def predict_file(src_path: Path, dst: Path, model: Model, settings: Settings) ->
                                  resolution=resolution, metadata=meta)
                 scaling = ""
             else:
-                scaling = _write_uint16(tmp, planes(), shape, src, resolution, meta, dst)
+                vunit = "normalised units" if info.normalization.percentile else "target units"
+                scaling = _write_uint16(tmp, planes(), shape, src, resolution, meta, dst, vunit)
             os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
         took = time.perf_counter() - t0
         log.info("%s -> %s (%d slice%s %dx%d -> %dx%d, %s%s, %.1f s)", src_path, dst, src.n_slices,
@@ -528,7 +534,7 @@ def predict_file(src_path: Path, dst: Path, model: Model, settings: Settings) ->
 
 
 def _write_uint16(tmp: Path, planes: Iterator[np.ndarray], shape: tuple, src: ImageSource,
-                  resolution, meta: dict, dst: Path) -> str:
+                  resolution, meta: dict, dst: Path, vunit: str = "target units") -> str:
     """Two passes: float planes to a temporary .npy beside the output, then min/max -> uint16."""
     import tifffile
 
@@ -549,7 +555,7 @@ def _write_uint16(tmp: Path, planes: Iterator[np.ndarray], shape: tuple, src: Im
             for i in range(src.n_slices):
                 yield np.clip(np.rint((buf[i] - np.float32(c0)) / np.float32(c1)), 0, 65535).astype(np.uint16)
 
-        meta = dict(meta, cf=0, c0=f"{c0:.9g}", c1=f"{c1:.9g}", vunit="target units",
+        meta = dict(meta, cf=0, c0=f"{c0:.9g}", c1=f"{c1:.9g}", vunit=vunit,
                     Info=f"w2sr predict: {scaling} (ImageJ calibration function cf=0, c0, c1)")
         tifffile.imwrite(tmp, out_planes(), shape=shape, dtype=np.uint16, imagej=True,
                          resolution=resolution, metadata=meta)

@@ -1,12 +1,26 @@
-"""The bundle's pre- and post-processing, in numpy, exactly as the rdf declares them.
+"""The bundle's pre- and post-processing, in numpy, exactly as the rdf declares them: the one owner
+of the normalisation maths, used by training, evaluation, export, ``w2sr predict`` and the checks.
 
-Pre: ``zero_mean_unit_variance`` with fixed mean/std, ``(x - mean) / (std + eps)``.
-Post: the affine map ``gain * y + offset`` with gain = target_std, offset = target_mean (in the rdf a
-fixed ``zero_mean_unit_variance`` with mean = -offset/gain, std = 1/gain - eps; see export/rdf.py).
-Both are ops DeepImageJ 3 (JDLL) implements; training applies the same two functions to its data,
-so Python, the bundle and Fiji see one normalisation.
+Two modes (``normalization.mode`` in the config):
+
+* ``percentile`` (default): every image is scaled by its own low/high percentiles,
+  ``(x - lo) / (hi - lo + eps)``, so a camera offset or gain does not change the result. The
+  percentile is JDLL 0.6.1's (``ScaleRangeTransformation.findPercentileValue``, read in its source):
+  ``sorted[int(N * p / 100)]`` over the whole float32 image, computed in float64. The training target
+  is scaled by its own percentiles too, so the network's output is in *normalised units* (about 0 at
+  the background, 1 at bright structures); it is not mapped back, because DeepImageJ cannot (JDLL
+  has no ``scale_range`` with ``reference_tensor``). In the rdf: ``scale_range`` (per sample, axes xy).
+* ``fixed``: W2S's global z-score. Pre: ``(x - mean) / (std + eps)``; post: the affine map
+  ``gain * y + offset`` with gain = target_std, offset = target_mean (in the rdf a fixed
+  ``zero_mean_unit_variance`` with mean = -offset/gain, std = 1/gain - eps; see export/rdf.py), so
+  outputs are in the training targets' (SIM) units.
+
+Both are ops DeepImageJ 3 (JDLL) implements.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import numpy as np
 
@@ -32,3 +46,125 @@ def inverse_preprocess(x: np.ndarray, mean: float, std: float) -> np.ndarray:
 
 def inverse_postprocess(image: np.ndarray, target_mean: float, target_std: float) -> np.ndarray:
     return ((np.asarray(image, np.float32) - np.float32(target_mean)) / np.float32(target_std)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# percentile mode
+
+MODES = ("percentile", "fixed")
+#: default low/high percentiles of the percentile mode (CSBDeep's and StarDist's defaults)
+DEFAULT_PERCENTILES = (1.0, 99.8)
+
+
+class NormalizationError(ValueError):
+    """An image that the normalisation cannot scale (its percentiles coincide)."""
+
+
+def jdll_percentile(image: np.ndarray, percentile: float) -> float:
+    """JDLL 0.6.1's percentile of the whole image: ``sorted[int(N * (p / 100))]``, clamped to the last
+    element, on the float32 copy JDLL makes of the image (no interpolation, unlike numpy's default)."""
+    flat = np.asarray(image, np.float32).ravel()
+    n = flat.size
+    k = min(int(n * (float(percentile) / 100.0)), n - 1)
+    return float(np.partition(flat, k)[k])
+
+
+def percentile_range(image: np.ndarray, low: float, high: float) -> tuple[float, float]:
+    """(lo, hi) of one whole image; raises :class:`NormalizationError` when they coincide (an
+    image that is constant over more than ``high - low`` percent of its pixels)."""
+    lo, hi = jdll_percentile(image, low), jdll_percentile(image, high)
+    if not hi > lo:
+        raise NormalizationError(
+            f"its {low:g}th and {high:g}th percentiles are equal ({lo:g}): the image is (nearly) constant, "
+            f"so percentile normalisation is undefined")
+    return lo, hi
+
+
+def scale_range(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``(x - lo) / (hi - lo + eps)`` as JDLL computes it: in float64, stored as float32."""
+    return ((np.asarray(x, np.float64) - lo) / (hi - lo + EPS)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class InputMap:
+    """What one image's input normalisation needs, measured once on the whole image (so that tiles
+    normalised separately get the numbers of the whole image)."""
+
+    lo: float
+    hi: float
+    fixed: bool = False
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        if self.fixed:
+            return preprocess(x, self.lo, self.hi)
+        return scale_range(x, self.lo, self.hi)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """One model's normalisation, from its config (``training.config.NormalizationConfig``) or its
+    rdf (``export.bundle_info.BundleInfo``): raw image -> network input, network output -> output units."""
+
+    mode: str = "percentile"
+    low_percentile: float = DEFAULT_PERCENTILES[0]
+    high_percentile: float = DEFAULT_PERCENTILES[1]
+    input_mean: Optional[float] = None
+    input_std: Optional[float] = None
+    target_mean: Optional[float] = None
+    target_std: Optional[float] = None
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"normalization mode {self.mode!r}: expected one of {', '.join(MODES)}")
+        if not 0 <= self.low_percentile < self.high_percentile <= 100:
+            raise ValueError(f"percentiles {self.low_percentile:g} / {self.high_percentile:g}: "
+                             f"need 0 <= low < high <= 100")
+
+    @classmethod
+    def of(cls, source: Any) -> "Normalization":
+        """From anything that carries the fields (a config section, a BundleInfo, a dict)."""
+        get = source.get if isinstance(source, dict) else (lambda k, d=None: getattr(source, k, d))
+        return cls(**{k: get(k, getattr(cls, k)) for k in cls.__dataclass_fields__})
+
+    @property
+    def percentile(self) -> bool:
+        return self.mode == "percentile"
+
+    @property
+    def resolved(self) -> bool:
+        """Can it be applied? (fixed mode needs the statistics measured on the training images)"""
+        return self.percentile or None not in (self.input_mean, self.input_std, self.target_mean, self.target_std)
+
+    @property
+    def output_units(self) -> str:
+        if self.percentile:
+            return (f"normalised units (each output as if scaled by its own {self.low_percentile:g}th/"
+                    f"{self.high_percentile:g}th percentiles: about 0 = background, 1 = bright structures)")
+        return "the training targets' (SIM) intensity units"
+
+    def measure(self, image: np.ndarray) -> InputMap:
+        """The input map of one whole raw image (raises NormalizationError in percentile mode when
+        its percentiles coincide)."""
+        if not self.percentile:
+            return InputMap(float(self.input_mean), float(self.input_std), fixed=True)
+        return InputMap(*percentile_range(image, self.low_percentile, self.high_percentile))
+
+    def input(self, image: np.ndarray) -> np.ndarray:
+        """Whole raw image -> network input, float32."""
+        return self.measure(image).apply(image)
+
+    def output(self, y: np.ndarray) -> np.ndarray:
+        """Network output -> output units, float32."""
+        if self.percentile:
+            return np.asarray(y, np.float32)
+        return postprocess(y, self.target_mean, self.target_std)
+
+    def target(self, hr: np.ndarray) -> np.ndarray:
+        """Raw training target -> what the network should output (float32)."""
+        if self.percentile:
+            return scale_range(hr, *percentile_range(hr, self.low_percentile, self.high_percentile))
+        return inverse_postprocess(hr, self.target_mean, self.target_std)
+
+    def reference(self, hr: np.ndarray) -> np.ndarray:
+        """Raw target -> the units outputs are compared in (evaluation: PSNR, SSIM)."""
+        return self.target(hr) if self.percentile else np.asarray(hr, np.float32)

@@ -32,6 +32,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
+from export.processing import EPS, Normalization
 from w2sr.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,6 @@ ONNX_OPSET = 17
 #: the zoo's per-pixel tolerance for reproducing test outputs: |a - b| <= ATOL + RTOL * |b|
 ATOL = 1.5e-4
 RTOL = 1e-4
-EPS = 1e-6  # zero_mean_unit_variance epsilon (export.processing.EPS)
 
 CITATIONS = [
     {"text": "Chatton M. Microscopy Image Restoration using Deep Learning on W2S. "
@@ -59,8 +59,8 @@ CITATIONS = [
 DEFAULT_DESCRIPTION = (
     "Joint denoising and 2x super-resolution of single-channel widefield fluorescence images: "
     "an ESRGAN generator (RRDBNet) trained to map noisy widefield images to SIM-like images "
-    "(W2S widefield-to-SIM task). Input raw widefield intensities, output SIM intensities at twice "
-    "the sampling."
+    "(W2S widefield-to-SIM task). Input: raw widefield intensities; output: the restored image at twice "
+    "the sampling (its units: see the output tensor's description)."
 )
 DEFAULT_TAGS = [
     "deepimagej", "super-resolution", "denoising", "widefield", "sim", "fluorescence-light-microscopy",
@@ -75,10 +75,7 @@ POST_MACRO = "postprocessing.ijm"
 @dataclass
 class RdfParams:
     name: str
-    input_mean: float
-    input_std: float
-    target_mean: float
-    target_std: float
+    normalization: Normalization
     halo: int                      # input pixels; the rdf states 2x this on the output
     tile: int                      # DeepImageJ's tile (rdf min with step 0), = the test tensor size
     padding: int                   # px of symmetric padding inside the graph (export.padding)
@@ -121,6 +118,37 @@ def zmuv_kwargs(mean: float, std: float) -> dict:
     return {"mode": "fixed", "axes": "xy", "mean": [_f(mean)], "std": [_f(std)], "eps": EPS}
 
 
+def scale_range_kwargs(norm: Normalization) -> dict:
+    """Per-sample ``scale_range`` kwargs that JDLL 0.6.1 and bioimageio both run: every kwarg has a
+    setter in JDLL's ScaleRangeTransformation (an unknown one throws), ``axes: xy`` makes JDLL take
+    percentiles per (b, c) plane over the whole image, and there is no ``reference_tensor`` (JDLL
+    only prints that it is unsupported)."""
+    return {"mode": "per_sample", "axes": "xy", "min_percentile": _f(norm.low_percentile),
+            "max_percentile": _f(norm.high_percentile), "eps": EPS}
+
+
+def input_processing(norm: Normalization) -> list:
+    if norm.percentile:
+        return [{"name": "scale_range", "kwargs": scale_range_kwargs(norm)}]
+    return [{"name": "zero_mean_unit_variance", "kwargs": zmuv_kwargs(norm.input_mean, norm.input_std)}]
+
+
+def output_processing(norm: Normalization) -> list:
+    """Percentile mode: none (outputs stay in normalised units). Fixed: the affine map
+    y * target_std + target_mean, written as a fixed zero_mean_unit_variance (mean = -offset/gain,
+    std = 1/gain - eps): in format 0.4 bioimageio.spec requires `axes` on every output op, while
+    bioimageio.core 0.11 cannot run a 0.4 scale_linear that has `axes`, so a scale_linear here
+    cannot pass a plain `bioimageio test rdf.yaml`. DeepImageJ 3 (JDLL) implements
+    zero_mean_unit_variance with mode fixed, as for the input."""
+    if norm.percentile:
+        return []
+    return [{"name": "zero_mean_unit_variance", "kwargs": postprocessing_as_zmuv(norm.target_mean, norm.target_std)}]
+
+
+def output_description(norm: Normalization, scale: int) -> str:
+    return f"restored image at {scale}x the input sampling, in {norm.output_units}"
+
+
 def build_rdf(p: RdfParams) -> dict:
     """The format 0.4.10 description, as a plain dict (written with :func:`write_rdf`)."""
     if p.tile <= 2 * p.halo:
@@ -154,25 +182,17 @@ def build_rdf(p: RdfParams) -> dict:
             # as one tile, and above ~7,000^2 px never returns). The weights take any size >=
             # config.w2sr.network.any_size_from; `w2sr predict` uses that.
             "shape": {"min": [1, p.tile, p.tile, 1], "step": [0, 0, 0, 0]},
-            "preprocessing": [{"name": "zero_mean_unit_variance", "kwargs": zmuv_kwargs(p.input_mean, p.input_std)}],
+            "preprocessing": input_processing(p.normalization),
         }],
         "outputs": [{
             "name": "output",
-            "description": f"restored image at {s}x the input sampling, in target (SIM) intensity units",
+            "description": output_description(p.normalization, s),
             "axes": "byxc",
             "data_type": "float32",
             "data_range": [float("-inf"), float("inf")],
             "shape": {"reference_tensor": "input", "scale": [1, s, s, 1], "offset": [0, 0, 0, 0]},
             "halo": [0, halo_out, halo_out, 0],
-            # The affine map y * target_std + target_mean, written as a fixed zero_mean_unit_variance
-            # (mean = -offset/gain, std = 1/gain - eps): in format 0.4 bioimageio.spec requires `axes`
-            # on every output op, while bioimageio.core 0.11 cannot run a 0.4 scale_linear that has
-            # `axes`, so a scale_linear here cannot pass a plain `bioimageio test rdf.yaml`. DeepImageJ 3
-            # (JDLL) implements zero_mean_unit_variance with mode fixed, as for the input.
-            "postprocessing": [{
-                "name": "zero_mean_unit_variance",
-                "kwargs": postprocessing_as_zmuv(p.target_mean, p.target_std),
-            }],
+            **({"postprocessing": output_processing(p.normalization)} if output_processing(p.normalization) else {}),
         }],
         "test_inputs": ["test_input.npy"],
         "test_outputs": ["test_output.npy"],
@@ -314,20 +334,36 @@ def make_zoo_package(rdf_path: Path, out_zip: Path, model_id: Optional[str] = No
 # DeepImageJ 2 macros (DeepImageJ 3 applies the rdf's own pre/postprocessing instead)
 
 
-def deepimagej_macros(input_mean: float, input_std: float, target_mean: float, target_std: float) -> tuple[str, str]:
+def deepimagej_macros(norm: Normalization) -> tuple[str, str]:
     """ImageJ macros doing exactly the rdf's pre- and postprocessing (for DeepImageJ 2.1)."""
-    pre = f"""// Preprocessing of the w2sr model for DeepImageJ 2.1 (DeepImageJ 3 uses the rdf's own ops).
-// zero_mean_unit_variance, fixed: x -> (x - {_f(input_mean)}) / ({_f(input_std)} + 1e-6)
+    head = "// {} of the w2sr model for DeepImageJ 2.1 (DeepImageJ 3 uses the rdf's own ops).\n"
+    if norm.percentile:
+        lo, hi = _f(norm.low_percentile), _f(norm.high_percentile)
+        pre = head.format("Preprocessing") + f"""// scale_range, per image: x -> (x - p{lo!r}) / (p{hi!r} - p{lo!r} + 1e-6), where pP is the sorted
+// pixel values' element int(N * P / 100) (JDLL's percentile, export/processing.py).
 // Converted to 32-bit first: on 8/16-bit images ImageJ would round every step to integers.
 if (bitDepth() != 32) run("32-bit");
-run("Subtract...", "value={_f(input_mean)!r} slice");
-run("Divide...", "value={_f(float(input_std) + EPS)!r} slice");
+w = getWidth(); h = getHeight(); n = w * h;
+v = newArray(n);
+for (y = 0; y < h; y++) for (x = 0; x < w; x++) v[y * w + x] = getPixel(x, y);
+Array.sort(v);
+lo = v[minOf(floor(n * ({lo!r} / 100)), n - 1)];
+hi = v[minOf(floor(n * ({hi!r} / 100)), n - 1)];
+run("Subtract...", "value=" + d2s(lo, 9) + " slice");
+run("Divide...", "value=" + d2s(hi - lo + 1e-6, 9) + " slice");
 """
-    post = f"""// Postprocessing of the w2sr model for DeepImageJ 2.1 (DeepImageJ 3 uses the rdf's own ops).
-// scale_linear: y -> y * {_f(target_std)} + {_f(target_mean)} (network units -> SIM intensity units)
+        post = head.format("Postprocessing") + "// none: outputs stay in normalised units (about 0 = background, 1 = bright)\n"
+        return pre, post
+    pre = head.format("Preprocessing") + f"""// zero_mean_unit_variance, fixed: x -> (x - {_f(norm.input_mean)}) / ({_f(norm.input_std)} + 1e-6)
+// Converted to 32-bit first: on 8/16-bit images ImageJ would round every step to integers.
 if (bitDepth() != 32) run("32-bit");
-run("Multiply...", "value={_f(target_std)!r} slice");
-run("Add...", "value={_f(target_mean)!r} slice");
+run("Subtract...", "value={_f(norm.input_mean)!r} slice");
+run("Divide...", "value={_f(float(norm.input_std) + EPS)!r} slice");
+"""
+    post = head.format("Postprocessing") + f"""// scale_linear: y -> y * {_f(norm.target_std)} + {_f(norm.target_mean)} (network units -> SIM intensity units)
+if (bitDepth() != 32) run("32-bit");
+run("Multiply...", "value={_f(norm.target_std)!r} slice");
+run("Add...", "value={_f(norm.target_mean)!r} slice");
 """
     return pre, post
 
@@ -336,15 +372,44 @@ run("Add...", "value={_f(target_mean)!r} slice");
 # README (the rdf's documentation)
 
 
+def normalisation_text(inp: dict, out: dict) -> str:
+    """The README's account of the rdf's pre- and postprocessing."""
+    pre = inp["preprocessing"][0]
+    if pre["name"] == "scale_range":
+        kw = pre["kwargs"]
+        lo, hi = kw["min_percentile"], kw["max_percentile"]
+        return f"""- Preprocessing (`scale_range`, per sample): each image is scaled by its own percentiles,
+  `x' = (x - p{lo}) / (p{hi} - p{lo} + 1e-6)`, over the whole image (DeepImageJ computes them before
+  tiling). A camera offset or gain therefore does not change the output.
+- No postprocessing: the output is in **normalised units**, as the training targets were (each SIM
+  target scaled by its own {lo}/{hi} percentiles): about 0 at the background, 1 at bright structures.
+  DeepImageJ cannot map it back to the input's intensities (JDLL 0.6.1 has no `scale_range` with
+  `reference_tensor`), so no consumer does.
+- The percentile is JDLL's: the sorted pixel values' element `int(N * p / 100)` (no interpolation);
+  `w2sr predict`, training and the Fiji stand-in use the same. bioimageio.core interpolates between
+  neighbouring values (numpy's `linear`): on the test image the two differ by less than the zoo
+  tolerance (parity.md shows the measured difference).
+- An image whose two percentiles coincide (a constant image, or one that is constant on more than
+  {float(hi) - float(lo):g} % of its pixels) cannot be normalised: `w2sr predict` refuses it with a message; DeepImageJ
+  divides by 1e-6 and returns the network's answer to that input."""
+    post = out["postprocessing"][0]["kwargs"]
+    kw = pre["kwargs"]
+    return f"""- Preprocessing (`zero_mean_unit_variance`, fixed): `x' = (x - {kw['mean'][0]}) / ({kw['std'][0]} + 1e-6)`.
+- Postprocessing (`zero_mean_unit_variance`, fixed, i.e. an affine map back to SIM units): `y = (y' - {post['mean'][0]}) / ({post['std'][0]} + 1e-6)`.
+- The means and stds are written as one-element lists (`mean: [m]`): with `axes: xy` that is the
+  form DeepImageJ 3.1 (JDLL 0.6.1) requires; a plain number makes it throw before inference.
+- Both statistics come from the training run (`training_config.yaml`, `normalization:`); the
+  network itself works on the normalised values."""
+
+
 def render_readme(*, name: str, rdf: dict, validation_md: str, run_name: str, exported_with: dict,
                   halo_info: dict, macros: Sequence[str]) -> str:
     inp, out = rdf["inputs"][0], rdf["outputs"][0]
-    pre = inp["preprocessing"][0]["kwargs"]
-    post = out["postprocessing"][0]["kwargs"]
     tile = inp["shape"]["min"][1]
     halo_out = out["halo"][1]
     network = rdf["config"]["w2sr"]["network"]
     macro_list = "\n".join(f"- `fiji_macros/{Path(x).name}`" for x in macros) or "- (none in this export)"
+    out_units = "normalised (0 ~ background, 1 ~ bright)" if "postprocessing" not in out else "SIM (target) intensities"
     cites = "\n".join(f"- {c['text']} <{c['url']}>" for c in rdf["cite"])
     return f"""# {name}
 
@@ -358,15 +423,9 @@ Keras {exported_with.get('keras')}, tf2onnx {exported_with.get('tf2onnx')}.
 | | tensor | axes | size | units |
 |---|---|---|---|---|
 | input | `input` | b, y, x, c (c = 1) | rdf: {tile} x {tile} (DeepImageJ's tile); the weights take any side >= {network['any_size_from']} px | raw widefield intensities |
-| output | `output` | b, y, x, c (c = 1) | 2 x the input | SIM (target) intensities |
+| output | `output` | b, y, x, c (c = 1) | 2 x the input | {out_units} |
 
-- Preprocessing (`zero_mean_unit_variance`, fixed): `x' = (x - {pre['mean'][0]}) / ({pre['std'][0]} + 1e-6)`.
-- Postprocessing (`zero_mean_unit_variance`, fixed, i.e. an affine map back to SIM units): `y = (y' - {post['mean'][0]}) / ({post['std'][0]} + 1e-6)`.
-- The means and stds are written as one-element lists (`mean: [m]`): with `axes: xy` that is the
-  form DeepImageJ 3.1 (JDLL 0.6.1) requires; a plain number makes it throw before inference.
-- Both statistics come from the training run (`training_config.yaml`, `normalization:`); the
-  network itself works on the normalised values. Convert 8/16-bit images to 32-bit before the
-  preprocessing (the macros here do): integer images would round the normalised values.
+{normalisation_text(inp, out)}
 - Halo: {halo_info.get('halo')} input pixels ({halo_out} output pixels). Measured on the generator:
   tiles whose kept part has {halo_info.get('generator_halo')} px of context reproduce the whole-image result within
   the zoo tolerance `|a - b| <= 1.5e-4 + 1e-4 |b|` (with {halo_info.get('too_small')} px the largest

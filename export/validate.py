@@ -274,15 +274,14 @@ def _machine() -> dict:
 
 
 def parity_matrix(info: Any, keras_path: Optional[Path]) -> tuple[list[ParityRow], Optional[np.ndarray]]:
-    from export.processing import postprocess, preprocess
     from export.runtimes import available_runtimes, make_runtime
     from export.savedmodel import run_tf1
     from export.tiling import count_tiles, predict_tiled
 
     raw = np.load(info.test_input).astype(np.float32)
     expected = np.load(info.test_output).astype(np.float32)
-    x = preprocess(raw, info.input_mean, info.input_std)
-    post = lambda y: postprocess(y, info.target_mean, info.target_std)  # noqa: E731
+    x = info.normalization.input(raw[0, :, :, 0])[None, :, :, None]
+    post = info.normalization.output
     tile = _tile_for(info, side=min(x.shape[1:3]))
     img = x[0, :, :, 0]
     n_tiles = count_tiles(img.shape, tile, info.halo, info.valid_size_at_least)
@@ -350,7 +349,6 @@ def size_checks(info: Any, keras_path: Optional[Path], sizes: Sequence[tuple[int
                 dtypes: Sequence[str] = ("uint8", "uint16", "float32")) -> tuple[list[SizeRow], list[str]]:
     import tifffile
 
-    from export.processing import postprocess, preprocess
     from export.runtimes import KerasRuntime, OnnxRuntime, SavedModelRuntime
     from export.tiling import canvas_shape, count_tiles, predict_tiled, predict_whole
 
@@ -368,7 +366,7 @@ def size_checks(info: Any, keras_path: Optional[Path], sizes: Sequence[tuple[int
         notes.append("no Keras generator: odd sizes compared with the SavedModel on the whole image")
     rows: list[SizeRow] = []
     tile = _tile_for(info, extra=64)
-    post = lambda y: postprocess(y, info.target_mean, info.target_std)  # noqa: E731
+    post = info.normalization.output
     from export import jdll
 
     jmodel = jdll.JdllModel.from_rdf(yaml.safe_load((info.root / "rdf.yaml").read_text()))
@@ -385,7 +383,7 @@ def size_checks(info: Any, keras_path: Optional[Path], sizes: Sequence[tuple[int
                 notes.append(note)
             if image is None:
                 continue
-            x = preprocess(image, info.input_mean, info.input_std)
+            x = info.normalization.input(image)
             # reference: the whole image in one call, on the canvas the rdf requires (mirror-padded
             # to a valid size; with step 1 and a size >= min that is the image itself)
             ref = post(predict_whole(ref_rt.predict, x, valid_size=info.valid_size_at_least))

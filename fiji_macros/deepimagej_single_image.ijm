@@ -443,12 +443,15 @@ function deepImageJLimit(model, width, height) {
     return "";
 }
 
-// The side a plane is mirror-padded to before DeepImageJ: sides shorter than tile - 2*halo become
-// the tile. JDLL 0.6.1 refuses a tile more than 3x the image side and, when tile - side is odd,
-// shifts such an output by one pixel; padding to the tile avoids both (fiji_macros/README.md).
+// The side a plane is mirror-padded to before DeepImageJ: a side shorter than tile - 2*halo becomes
+// the smallest whole number of mirrored copies of itself that reaches tile - 2*halo. JDLL 0.6.1
+// refuses a tile more than 3x the image side and, when tile - side is odd, shifts such an output by
+// one pixel; this avoids both, and whole copies keep the image's percentiles (a percentile-normalised
+// model sees the same input; export.jdll.macro_canvas, fiji_macros/README.md).
 function paddedSide(side, tile, halo) {
-    if (tile > 0 && side < tile - 2 * maxOf(halo, 0))
-        return tile;
+    need = tile - 2 * maxOf(halo, 0);
+    if (tile > 0 && side < need)
+        return side * Math.ceil(need / side);
     return side;
 }
 

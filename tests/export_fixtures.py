@@ -17,8 +17,9 @@ NORM = dict(input_mean=150.0, input_std=60.0, target_mean=140.0, target_std=55.0
 _CACHE: dict[str, Path] = {}
 
 
-def make_run(folder: Path, *, seed: int = 0, model=None, normalization: dict | None = NORM) -> Path:
-    """Write RUN/generator.keras + RUN/config.yaml (+ DONE) for a tiny generator (or ``model``)."""
+def make_run(folder: Path, *, seed: int = 0, model=None, normalization: dict | None = None) -> Path:
+    """Write RUN/generator.keras + RUN/config.yaml (+ DONE) for a tiny generator (or ``model``);
+    the product's default normalisation (percentile), or ``normalization`` (e.g. NORM, fixed)."""
     import keras
 
     from training.config import NormalizationConfig, dump_config, load_config, packaged_config

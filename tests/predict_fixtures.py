@@ -106,8 +106,10 @@ def write_tiny_savedmodel_zip(path: Path, seed: int = 0) -> Path:
 
 def write_bundle(root: Path, *, input_mean: float = 100.0, input_std: float = 20.0,
                  target_mean: float = 50.0, target_std: float = 10.0, halo: int = RF_RADIUS,
-                 min_size: int = 16, step: int = 8, savedmodel: bool = False, seed: int = 0) -> Path:
-    """A minimal format-0.4.10 bundle around the tiny model (what read_bundle needs)."""
+                 min_size: int = 16, step: int = 8, savedmodel: bool = False, seed: int = 0,
+                 percentiles: tuple[float, float] | None = None) -> Path:
+    """A minimal format-0.4.10 bundle around the tiny model (what read_bundle needs); fixed
+    normalisation, or per-image ``scale_range`` with ``percentiles=(low, high)``."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     write_tiny_onnx(root / "weights.onnx", seed)
@@ -125,7 +127,10 @@ def write_bundle(root: Path, *, input_mean: float = 100.0, input_std: float = 20
             "name": "input", "axes": "byxc", "data_type": "float32",
             "shape": {"min": [1, min_size, min_size, 1], "step": [0, step, step, 0]},
             "preprocessing": [{"name": "zero_mean_unit_variance",
-                               "kwargs": {"mode": "fixed", "mean": input_mean, "std": input_std, "axes": "xy"}}],
+                               "kwargs": {"mode": "fixed", "mean": input_mean, "std": input_std, "axes": "xy"}}]
+            if percentiles is None else
+            [{"name": "scale_range", "kwargs": {"mode": "per_sample", "axes": "xy", "min_percentile": percentiles[0],
+                                                "max_percentile": percentiles[1], "eps": 1e-6}}],
         }],
         "outputs": [{
             "name": "output", "axes": "byxc", "data_type": "float32",
@@ -138,5 +143,7 @@ def write_bundle(root: Path, *, input_mean: float = 100.0, input_std: float = 20
         "test_inputs": ["test_input.npy"],
         "test_outputs": ["test_output.npy"],
     }
+    if percentiles is not None:  # outputs stay in normalised units
+        del rdf["outputs"][0]["postprocessing"]
     (root / "rdf.yaml").write_text(yaml.safe_dump(rdf, sort_keys=False))
     return root

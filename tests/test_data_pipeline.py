@@ -76,14 +76,14 @@ def test_normalization_statistics_and_formulas():
     all_hr = np.concatenate([p.hr.ravel() for p in pairs]).astype(np.float64)
     assert norm.input_mean == pytest.approx(all_lr.mean()) and norm.input_std == pytest.approx(all_lr.std())
     assert norm.target_mean == pytest.approx(all_hr.mean()) and norm.target_std == pytest.approx(all_hr.std())
-    lr_n, hr_n = normalize_pair(pairs[0].lr, pairs[0].hr, norm)
+    lr_n, hr_n = normalize_pair(pairs[0], norm)
     np.testing.assert_array_equal(lr_n, preprocess(pairs[0].lr, norm.input_mean, norm.input_std))
     # the network output is mapped to SIM units by the bundle's postprocessing: inverse of training's
     np.testing.assert_allclose(postprocess(hr_n, norm.target_mean, norm.target_std), pairs[0].hr, rtol=1e-5)
     with pytest.raises(DataError, match="all widefield pixels are equal"):
         compute_normalization([_pair(1, np.ones((8, 8)), np.ones((16, 16)))])
     with pytest.raises(ValueError, match="not set"):
-        normalize_pair(pairs[0].lr, pairs[0].hr, NormalizationConfig())
+        normalize_pair(pairs[0], NormalizationConfig(mode="fixed"))
 
 
 def test_eval_images_are_whole_and_normalised():
@@ -92,6 +92,19 @@ def test_eval_images_are_whole_and_normalised():
     ((name, lr, hr),) = make_eval_images(pairs, norm)
     assert name == "001_0" and lr.shape == (1, 64, 64, 1) and hr.shape == (1, 128, 128, 1)
     assert abs(float(lr.mean())) < 1e-3 and abs(float(hr.std()) - 1) < 1e-3
+    # percentile mode: input and target each scaled by their own 1st / 99.8th percentiles
+    ((_, lr, hr),) = make_eval_images(pairs, NormalizationConfig())
+    for scaled in (lr, hr):
+        assert np.mean(scaled < 0) == pytest.approx(0.01, abs=2e-3)
+        assert np.mean(scaled > 1) == pytest.approx(0.002, abs=2e-3)
+
+
+def test_percentile_mode_names_the_file_whose_percentiles_coincide():
+    flat = np.zeros((32, 32), np.float32)
+    flat[0, 0] = 1.0  # constant but for one pixel: the 1st and 99.8th percentiles are both 0
+    pair = _pair(3, flat, np.random.default_rng(0).random((64, 64)))
+    with pytest.raises(DataError, match=r"lr3.*percentiles are equal"):
+        normalize_pair(pair, NormalizationConfig())
 
 
 # ------------------------------------------------------------------ tf.data

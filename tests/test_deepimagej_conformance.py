@@ -89,8 +89,9 @@ def test_jdll_shift_is_reproduced_and_the_macro_padding_avoids_it():
     np.testing.assert_array_equal(got[1:, :], want[:-1, :])   # y: shifted down by one output pixel
     assert not np.array_equal(got, want)
     np.testing.assert_array_equal(jdll.predict_like_macro(fixed, up, img), want)
-    assert jdll.macro_canvas(fixed, (61, 64)) == (128, 128)
+    assert jdll.macro_canvas(fixed, (61, 64)) == (122, 128)   # whole copies reaching 128 - 2*10 = 108
     assert jdll.macro_canvas(fixed, (300, 109)) == (300, 109)  # 109 >= 128 - 2*10: no padding
+    assert jdll.macro_canvas(fixed, (30, 107)) == (120, 214)
 
 
 def test_zero_mean_unit_variance_kwargs_as_jdll_checks_them():
@@ -112,9 +113,24 @@ def test_zero_mean_unit_variance_kwargs_as_jdll_checks_them():
 
 
 def test_rdf_processing_is_what_jdll_and_bioimageio_accept(exported_bundle):
+    """Percentile mode (the export): scale_range kwargs JDLL has setters for, no postprocessing.
+    Fixed mode: one-element lists with axes xy, the only form JDLL's per-axis branch takes."""
+    from export.processing import Normalization
+    from export.rdf import input_processing, output_processing
+
     doc = _doc(exported_bundle)
     model = jdll.JdllModel.from_rdf(doc)
     jdll.check_processing(model)  # raises with JDLL's message where JDLL would throw
+    assert [op["name"] for op in model.preprocessing] == ["scale_range"] and model.postprocessing == []
+    assert model.preprocessing[0]["kwargs"]["axes"] == "xy"
+    assert "reference_tensor" not in model.preprocessing[0]["kwargs"]  # JDLL does not support it
+
+    fixed = Normalization(mode="fixed", input_mean=150.0, input_std=60.0, target_mean=140.0, target_std=55.0)
+    doc = copy.deepcopy(doc)
+    doc["inputs"][0]["preprocessing"] = input_processing(fixed)
+    doc["outputs"][0]["postprocessing"] = output_processing(fixed)
+    model = jdll.JdllModel.from_rdf(doc)
+    jdll.check_processing(model)
     for op in model.preprocessing + model.postprocessing:
         kw = op["kwargs"]
         assert op["name"] == "zero_mean_unit_variance" and kw["axes"] == "xy"
@@ -159,11 +175,9 @@ def test_deepimagej_reproduces_test_output_on_every_pixel(exported_bundle):
     _assert_zoo_close(jdll.predict(model, padded.predict, raw), expected, "Keras + padding")
     # the weights the bundle shipped before (no graph padding): DeepImageJ's mirror-padded tiles no
     # longer match that network's own whole-image output (what bioimageio test stored) at the edges
-    from export.processing import postprocess, preprocess
-
+    norm = info.normalization
     plain = KerasRuntime(exported_bundle / "generator.keras")
-    plain_whole = postprocess(plain.predict(preprocess(raw, info.input_mean, info.input_std)[None, :, :, None]),
-                              info.target_mean, info.target_std)[0, :, :, 0]
+    plain_whole = norm.output(plain.predict(norm.input(raw)[None, :, :, None]))[0, :, :, 0]
     diff = np.abs(jdll.predict(model, plain.predict, raw) - plain_whole)
     assert diff.max() > 10 * (ZOO_ATOL + ZOO_RTOL * np.abs(expected).max())
     border = np.zeros_like(diff, bool)
@@ -177,7 +191,6 @@ def test_fiji_user_and_python_user_get_the_same_pixels(exported_bundle, shape):
     does not shift), `w2sr predict`'s own tiling and whole-image inference agree on every pixel."""
     from export.bundle_info import read_bundle
     from export.predict import Model, Settings
-    from export.processing import postprocess, preprocess
     from export.runtimes import OnnxRuntime
 
     info = read_bundle(exported_bundle)
@@ -185,8 +198,8 @@ def test_fiji_user_and_python_user_get_the_same_pixels(exported_bundle, shape):
     rng = np.random.default_rng(sum(shape))
     img = (rng.gamma(4.0, 40.0, shape) + 20).astype(np.float32)
     rt = OnnxRuntime(info.onnx_path, providers=["CPUExecutionProvider"])
-    whole = postprocess(rt.predict(preprocess(img, info.input_mean, info.input_std)[None, :, :, None]),
-                        info.target_mean, info.target_std)[0, :, :, 0]
+    assert info.normalization.percentile  # the default mode: DeepImageJ computes the percentiles itself
+    whole = info.normalization.output(rt.predict(info.normalization.input(img)[None, :, :, None]))[0, :, :, 0]
     _assert_zoo_close(jdll.predict_like_macro(model, rt.predict, img), whole, f"DeepImageJ + macro {shape}")
     settings = Settings(bundle=str(exported_bundle), runtime="onnx", progress=False, tile=64)
     _assert_zoo_close(Model.load(settings).predict_slice(img, settings), whole, f"w2sr predict, tile 64, {shape}")
@@ -194,7 +207,7 @@ def test_fiji_user_and_python_user_get_the_same_pixels(exported_bundle, shape):
         _assert_zoo_close(jdll.predict(model, rt.predict, img), whole, f"DeepImageJ alone {shape}")
 
 
-def test_validate_reports_deepimagej_rows_and_fails_on_scalar_kwargs(exported_bundle, tmp_path):
+def test_validate_reports_deepimagej_rows_and_fails_on_kwargs_jdll_rejects(exported_bundle, tmp_path):
     import shutil
 
     from export.validate import validate_bundle
@@ -204,18 +217,17 @@ def test_validate_reports_deepimagej_rows_and_fails_on_scalar_kwargs(exported_bu
     for key in ("deepimagej-onnx", "deepimagej-savedmodel"):
         assert rows[key].status == "passed" and rows[key].vs_test_output.ok, rows[key]
         assert "4 tiles" in rows[key].reason and "JDLL" in rows[key].label + rows[key].reason
-    bad = tmp_path / "scalar"
+    bad = tmp_path / "no-setter"
     shutil.copytree(exported_bundle, bad)
     doc = _doc(bad)
-    for t in doc["inputs"] + doc["outputs"]:
-        for op in t.get("preprocessing", []) + t.get("postprocessing", []):
-            op["kwargs"]["mean"], op["kwargs"]["std"] = op["kwargs"]["mean"][0], op["kwargs"]["std"][0]
+    kwargs = doc["inputs"][0]["preprocessing"][0]["kwargs"]
+    kwargs["epsilon"] = kwargs.pop("eps")  # bioimageio would read it; JDLL has no setEpsilon
     (bad / "rdf.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     report = validate_bundle(bad, bioimageio=False, sizes=())
     rows = {r.key: r for r in report.parity}
     assert rows["deepimagej-onnx"].status == "failed" and not report.ok
-    assert "have to be arrays with the introduced 'axes'" in rows["deepimagej-onnx"].reason
-    assert rows["onnx-cpu"].status == "passed"  # the scalar form is still the same numbers elsewhere
+    assert "Setter for argument 'epsilon'" in rows["deepimagej-onnx"].reason
+    assert rows["onnx-cpu"].status == "passed"  # the same numbers elsewhere
 
 
 def test_zoo_package_is_as_jdll_readable_as_the_spec_allows(exported_bundle):
@@ -224,11 +236,11 @@ def test_zoo_package_is_as_jdll_readable_as_the_spec_allows(exported_bundle):
     [pkg] = sorted((exported_bundle / "packages").glob("*_zoo-0.5.zip"))
     doc = yaml.safe_load(zipfile.ZipFile(pkg).read("rdf.yaml"))
     assert doc["id"] == "w2sr-tiny-test"
-    ops = [op for t in doc["inputs"] + doc["outputs"] for op in t.get("preprocessing", []) + t.get("postprocessing", [])
-           if op["id"] == "fixed_zero_mean_unit_variance"]
-    assert len(ops) == 2
-    for op in ops:
-        assert set(op["kwargs"]) == {"mean", "std"} and isinstance(op["kwargs"]["mean"], float)
+    steps = [op for t in doc["inputs"] + doc["outputs"] for op in t.get("preprocessing", []) + t.get("postprocessing", [])]
+    assert [op["id"] for op in steps if op["id"] != "ensure_dtype"] == ["scale_range"]
+    [sr] = [op for op in steps if op["id"] == "scale_range"]
+    assert sr["kwargs"]["axes"] == ["x", "y"] and (sr["kwargs"]["min_percentile"], sr["kwargs"]["max_percentile"]) == (1.0, 99.8)
+    assert "reference_tensor" not in sr["kwargs"]
     # what the spec does not allow JDLL-style (documented in the bundle README)
     assert isinstance(doc["documentation"], dict) and doc["outputs"][0]["axes"][1]["scale"] == 0.5
 

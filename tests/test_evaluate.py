@@ -8,7 +8,7 @@ import pytest
 
 keras = pytest.importorskip("keras", reason="Keras 3 is a project dependency")
 
-from export.processing import postprocess, preprocess  # noqa: E402
+from export.processing import Normalization, postprocess, preprocess  # noqa: E402
 from training import metrics  # noqa: E402
 from training.config import Config, GeneratorConfig, dump_config  # noqa: E402
 from training.evaluate import evaluate_run, format_table  # noqa: E402
@@ -30,7 +30,7 @@ def _make_run(tmp_path, resolved=True, save_model=True):
         "data": {"root": str(data), "layout": "npy", "channels": [0], "train_fovs": [1, 2, 3],
                  "val_fovs": [3], "test_fovs": [5, 6], "noise_level": 1,
                  "npy_as_counts": False},  # these arrays are written in their own units
-        "normalization": NORM if resolved else {},
+        "normalization": NORM if resolved else {"mode": "fixed"},
         "generator": GeneratorConfig(nb=1, nf=8, gc=4).model_dump(),
     })
     run = tmp_path / "run"
@@ -54,7 +54,7 @@ def test_evaluate_run_values_and_csv(tmp_path):
         dr = float(hr.max() - hr.min())
         mse = np.mean((pred.astype(np.float64) - hr) ** 2)
         assert row["psnr_model"] == pytest.approx(10 * np.log10(dr**2 / mse), rel=1e-4)
-        bic = metrics.bicubic_baseline(lr, **NORM)
+        bic = metrics.bicubic_baseline(lr, Normalization(mode="fixed", **NORM))
         assert row["psnr_bicubic"] == pytest.approx(metrics.psnr(bic, hr), rel=1e-9)
         assert row["ssim_model"] == pytest.approx(metrics.ssim(pred, hr), abs=1e-4)
         assert row["data_range"] == pytest.approx(dr)

@@ -78,11 +78,12 @@ def test_rdf_content_and_bundle_info(exported_bundle):
     doc = _rdf(exported_bundle)
     info = read_bundle(exported_bundle)
     assert doc["format_version"] == "0.4.10"
-    # the output's affine map is stored as a fixed zero_mean_unit_variance: equal up to float rounding
-    assert (info.input_mean, info.input_std, info.target_mean, info.target_std) == pytest.approx((
-        NORM["input_mean"], NORM["input_std"], NORM["target_mean"], NORM["target_std"]), rel=1e-7)
-    post = doc["outputs"][0]["postprocessing"][0]
-    assert post["name"] == "zero_mean_unit_variance" and post["kwargs"]["mode"] == "fixed"
+    # percentile mode (the default): scale_range per sample before the network, nothing after it
+    assert info.normalization.percentile
+    assert (info.normalization.low_percentile, info.normalization.high_percentile) == (1.0, 99.8)
+    assert doc["inputs"][0]["preprocessing"] == [{"name": "scale_range", "kwargs": {
+        "mode": "per_sample", "axes": "xy", "min_percentile": 1.0, "max_percentile": 99.8, "eps": 1e-6}}]
+    assert "postprocessing" not in doc["outputs"][0] and "normalised units" in doc["outputs"][0]["description"]
     assert info.scale == 2 and info.halo >= 1
     assert info.min_size > 2 * info.halo  # min must exceed the halo, tiles 2x the halo
     out = doc["outputs"][0]
@@ -109,15 +110,14 @@ def test_rdf_content_and_bundle_info(exported_bundle):
 
 def test_test_tensors_are_float32_byxc_and_match_the_savedmodel(exported_bundle):
     from export.bundle_info import read_bundle
-    from export.processing import postprocess, preprocess
     from export.savedmodel import run_tf1
 
     info = read_bundle(exported_bundle)
     x, y = np.load(info.test_input), np.load(info.test_output)
     assert x.dtype == np.float32 and y.dtype == np.float32
     assert x.ndim == 4 and x.shape[0] == 1 and x.shape[3] == 1 and y.shape == (1, 2 * x.shape[1], 2 * x.shape[2], 1)
-    got = postprocess(run_tf1(info.savedmodel_zip, preprocess(x, info.input_mean, info.input_std)),
-                      info.target_mean, info.target_std)
+    norm = info.normalization
+    got = norm.output(run_tf1(info.savedmodel_zip, norm.input(x[0, :, :, 0])[None, :, :, None]))
     np.testing.assert_allclose(got, y, rtol=1e-4, atol=1.5e-4)
 
 
@@ -199,7 +199,6 @@ def test_too_small_halo_fails_the_tolerance(exported_bundle):
     halo (= the graph's own padding) adds a margin and passes on the exported weights."""
     from export.bundle import tiled_max_diff
     from export.bundle_info import read_bundle
-    from export.processing import postprocess, preprocess
     from export.runtimes import KerasRuntime, OnnxRuntime
 
     info = read_bundle(exported_bundle)
@@ -207,8 +206,8 @@ def test_too_small_halo_fails_the_tolerance(exported_bundle):
     g = measured["generator_halo"]
     assert measured["halo"] == info.halo == info.padding > g and measured["too_small"] == g - 1
     assert measured["too_small_fails"] is True and measured["converged"]
-    x = preprocess(np.load(info.test_input)[0, :, :, 0], info.input_mean, info.input_std)
-    post = lambda y: postprocess(y, info.target_mean, info.target_std)  # noqa: E731
+    x = info.normalization.input(np.load(info.test_input)[0, :, :, 0])
+    post = info.normalization.output
     rt = OnnxRuntime(info.onnx_path, providers=["CPUExecutionProvider"])
     ref = post(rt.predict(x[None, :, :, None])[0, :, :, 0])
     _, ok = tiled_max_diff(rt.predict, x, ref, post, info.halo, 2 * info.halo + 16)
@@ -300,7 +299,7 @@ def test_clear_errors_for_broken_run_folders(tmp_path, tiny_run):
     (bad_cfg / "generator.keras").write_bytes((tiny_run / "generator.keras").read_bytes())
     (bad_cfg / "config.yaml").write_text("generator: {nb: -3}\n")
     fails(bad_cfg, "bad-config/config.yaml")
-    unresolved = make_run(tmp_path / "unresolved", normalization=None)
+    unresolved = make_run(tmp_path / "unresolved", normalization={"mode": "fixed"})
     fails(unresolved, "normalization is not resolved")
     assert not (tmp_path / "out").exists()
 

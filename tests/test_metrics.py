@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from export.processing import Normalization
 from training import metrics
 
 
@@ -79,6 +80,11 @@ def test_bicubic_matches_tensorflow_away_from_borders():
 
 def test_bicubic_baseline_goes_through_the_normalisation():
     lr = np.random.default_rng(3).random((8, 8)).astype(np.float32) * 1000
-    out = metrics.bicubic_baseline(lr, input_mean=500.0, input_std=100.0, target_mean=2.0, target_std=4.0)
+    fixed = Normalization(mode="fixed", input_mean=500.0, input_std=100.0, target_mean=2.0, target_std=4.0)
+    out = metrics.bicubic_baseline(lr, fixed)
     z = (metrics.bicubic_upscale(lr) - 500.0) / (100.0 + 1e-6)
     np.testing.assert_allclose(out, z * 4.0 + 2.0, rtol=1e-4, atol=1e-3)
+    # percentile mode: the bicubic image of the input scaled by its own percentiles, not mapped back
+    lo, hi = np.sort(lr.ravel())[[int(64 * 0.01), int(64 * 0.998)]]
+    np.testing.assert_allclose(metrics.bicubic_baseline(lr, Normalization()),
+                               metrics.bicubic_upscale((lr - lo) / (hi - lo + 1e-6)), rtol=1e-5, atol=1e-5)

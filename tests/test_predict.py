@@ -41,10 +41,12 @@ def reference(bundle):
     info = read_bundle(bundle)
     session = ort.InferenceSession(str(info.onnx_path), providers=["CPUExecutionProvider"])
 
+    n = info.normalization  # the fixture's fixed z-score, applied with the plain formulas
+
     def ref(raw: np.ndarray) -> np.ndarray:
-        x = preprocess(raw, info.input_mean, info.input_std)
+        x = preprocess(raw, n.input_mean, n.input_std)
         y = predict_whole(lambda b: session.run(None, {"input": b})[0], x, info.valid_size_at_least)
-        return postprocess(y, info.target_mean, info.target_std)
+        return postprocess(y, n.target_mean, n.target_std)
     return ref
 
 

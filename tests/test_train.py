@@ -228,14 +228,14 @@ def test_tiny_run_end_to_end(tmp_path, tiny_data, monkeypatch):
 
     monkeypatch.setattr(pipeline, "PatchSource", CountingPatchSource)
     cfg = tiny_cfg(tiny_data, "train.pretrain.epochs=2", "train.pretrain.steps_per_epoch=2",
-                   "train.gan.steps_per_epoch=2")
+                   "train.gan.steps_per_epoch=2", "normalization.mode=fixed")
     assert not cfg.normalization.resolved
     run = tmp_path / "run"
     assert train(cfg, run) == run
     # the images are normalised and stacked once per run; each epoch only cuts its dataset
     assert calls == {"built": 1, "epochs": [0, 1, 2]}
 
-    # resolved config: the statistics measured on the training pairs
+    # resolved config (fixed mode): the statistics measured on the training pairs
     saved = load_config(run / "config.yaml")
     assert saved.normalization.resolved
     expected = compute_normalization(load_split(cfg.data, "train", progress=False))

@@ -83,21 +83,50 @@ class DataConfig(_Strict):
 
 
 class NormalizationConfig(_Strict):
-    """Fixed z-score of the input, and the affine map from network output to target units.
+    """How images are scaled for the network (the maths: ``export.processing.Normalization``).
 
-    In the bundle this becomes ``zero_mean_unit_variance`` (mode fixed) before the network and
-    ``scale_linear`` (gain = target_std, offset = target_mean) after it: ops DeepImageJ 3 implements.
-    ``None`` means "measure on the training images" when the run starts.
+    ``percentile`` (default): every input by its own low/high percentiles, so camera offset and gain
+    do not matter; outputs in normalised units. In the bundle: ``scale_range`` (per sample).
+    ``fixed``: W2S's global z-score of the input and an affine map back to target units; in the
+    bundle ``zero_mean_unit_variance`` (mode fixed) before the network and ``scale_linear`` after it.
+    In fixed mode ``None`` statistics mean "measure on the training images" when the run starts.
+    A config that gives statistics but no mode is in fixed mode (run folders written before the
+    percentile mode existed).
     """
 
+    mode: Literal["percentile", "fixed"] = "percentile"
+    low_percentile: float = Field(1.0, ge=0, lt=100)
+    high_percentile: float = Field(99.8, gt=0, le=100)
     input_mean: Optional[float] = None
     input_std: Optional[float] = Field(None, gt=0)
     target_mean: Optional[float] = None
     target_std: Optional[float] = Field(None, gt=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _statistics_mean_fixed(cls, data):
+        stats = ("input_mean", "input_std", "target_mean", "target_std")
+        if isinstance(data, dict) and "mode" not in data and any(data.get(k) is not None for k in stats):
+            data = {**data, "mode": "fixed"}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "NormalizationConfig":
+        if self.low_percentile >= self.high_percentile:
+            raise ValueError(f"low_percentile {self.low_percentile:g} must be below high_percentile "
+                             f"{self.high_percentile:g}")
+        return self
+
     @property
     def resolved(self) -> bool:
-        return None not in (self.input_mean, self.input_std, self.target_mean, self.target_std)
+        return self.maths.resolved
+
+    @property
+    def maths(self):
+        """The normalisation to apply (``export.processing.Normalization``)."""
+        from export.processing import Normalization
+
+        return Normalization.of(self)
 
 
 class GeneratorConfig(_Strict):

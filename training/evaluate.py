@@ -1,8 +1,9 @@
 """Evaluate a trained run on whole test images: PSNR/SSIM of the model and of bicubic vs SIM.
 
 Each test image goes through exactly the bundle's path (``export/processing.py``):
-raw LR -> preprocess (input z-score) -> generator -> postprocess (target units), and is compared
-with its SIM target in target units, data range = the target's range (``training/metrics.py``).
+raw LR -> input normalisation -> generator -> output map, and is compared with its SIM target in the
+output units (``Normalization.reference``: SIM counts in fixed mode, the target scaled by its own
+percentiles in percentile mode), data range = the target's range (``training/metrics.py``).
 The bicubic baseline goes through the same normalisation (``metrics.bicubic_baseline``).
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from export.processing import postprocess, preprocess
+from export.processing import Normalization, NormalizationError
 from training import metrics
 from training.config import load_config
 from training.io import atomic_write_text
@@ -42,19 +43,35 @@ def load_run(run_dir: Path):
         raise UserError(str(exc)) from None
     if not cfg.normalization.resolved:
         raise UserError(f"{config_path}: normalization is not resolved (the run did not finish "
-                        f"its start-up); evaluate needs input/target mean and std")
+                        f"its start-up); evaluate needs the fixed mode's input/target mean and std")
     from training.models import load_generator
 
     return cfg, load_generator(model_path)
 
 
-def predict_image(model, lr: np.ndarray, norm) -> np.ndarray:
-    """One whole raw LR image (H, W) -> prediction (2H, 2W) in target units, float32."""
-    import keras
+def predict_image(model, lr: np.ndarray, norm: Normalization) -> np.ndarray:
+    """One whole raw LR image (H, W) -> prediction (2H, 2W) in output units, float32."""
+    y = np.asarray(model(norm.input(lr)[None, :, :, None], training=False), np.float32)
+    return norm.output(y[0, :, :, 0])
 
-    x = preprocess(lr, norm.input_mean, norm.input_std)[None, :, :, None]
-    y = keras.ops.convert_to_numpy(model(x, training=False)).astype(np.float32)[0, :, :, 0]
-    return postprocess(y, norm.target_mean, norm.target_std)
+
+def compare_with_target(run, pair, norm: Normalization) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(model output, bicubic baseline, target), all in output units, for one pair; ``run`` maps a
+    normalised (1, H, W, 1) input to the network's (1, 2H, 2W, 1) output. The one comparison that
+    validation during training and ``w2sr evaluate`` share."""
+    try:
+        x = norm.input(pair.lr)
+    except NormalizationError as exc:
+        raise UserError(f"{pair.lr_source}: {exc}") from None
+    try:
+        target = norm.reference(pair.hr)
+    except NormalizationError as exc:
+        raise UserError(f"{pair.hr_source}: {exc}") from None
+    out = norm.output(np.asarray(run(x[None, :, :, None]), np.float32)[0, :, :, 0])
+    if out.shape != target.shape:
+        raise UserError(f"{pair.hr_source}: target shape {target.shape} is not 2x the input "
+                        f"{pair.lr.shape} ({pair.lr_source})")
+    return out, metrics.bicubic_baseline(pair.lr, norm), target
 
 
 def _mean_row(rows: list[dict]) -> dict:
@@ -77,7 +94,7 @@ def evaluate_run(run_dir, data_root=None, layout: str = "auto", noise_level: Opt
 
     run_dir = Path(run_dir)
     cfg, model = load_run(run_dir)
-    norm = cfg.normalization
+    norm = cfg.normalization.maths
     root = Path(data_root) if data_root is not None else Path(cfg.data.root)
     if layout == "auto" and data_root is None and cfg.data.layout != "auto":
         layout = cfg.data.layout
@@ -96,14 +113,8 @@ def evaluate_run(run_dir, data_root=None, layout: str = "auto", noise_level: Opt
     rows = []
     for pair in pairs:
         start = time.perf_counter()
-        pred = predict_image(model, pair.lr, norm)
+        pred, bicubic, target = compare_with_target(lambda x: model(x, training=False), pair, norm)
         seconds = time.perf_counter() - start
-        target = np.asarray(pair.hr, dtype=np.float32)
-        if pred.shape != target.shape:
-            raise UserError(f"{pair.hr_source}: target shape {target.shape} is not 2x the input "
-                            f"{pair.lr.shape} ({pair.lr_source})")
-        bicubic = metrics.bicubic_baseline(pair.lr, norm.input_mean, norm.input_std,
-                                           norm.target_mean, norm.target_std)
         dr = metrics.target_range(target)
         model_m = metrics.image_metrics(pred, target, dr)
         bic_m = metrics.image_metrics(bicubic, target, dr)

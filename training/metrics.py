@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from export.processing import postprocess, preprocess
+from export.processing import Normalization
 
 
 def _as_2d(image: np.ndarray, what: str) -> np.ndarray:
@@ -86,16 +86,14 @@ def bicubic_upscale(image: np.ndarray, scale: int = 2) -> np.ndarray:
     return _resize_axis(_resize_axis(a, 0, scale), 1, scale).astype(np.float32)
 
 
-def bicubic_baseline(lr: np.ndarray, input_mean: float, input_std: float,
-                     target_mean: float, target_std: float, scale: int = 2) -> np.ndarray:
-    """The bicubic baseline in target units: the "network" that only upsamples.
+def bicubic_baseline(lr: np.ndarray, norm: Normalization, scale: int = 2) -> np.ndarray:
+    """The bicubic baseline in output units: the "network" that only upsamples.
 
-    LR (raw units) -> the same normalisation as the model's input -> bicubic x2 -> the same
-    output map as the model (x target_std + target_mean). Bicubic weights sum to 1, so this
-    equals rescaling the bicubic image from input to target statistics.
+    LR (raw units) -> the model's input normalisation -> bicubic x2 -> the model's output map. In fixed
+    mode bicubic weights sum to 1, so this equals rescaling the bicubic image from input to target
+    statistics; in percentile mode it is the bicubic image of the percentile-scaled input.
     """
-    x = preprocess(lr, input_mean, input_std)
-    return postprocess(bicubic_upscale(x, scale), target_mean, target_std)
+    return norm.output(bicubic_upscale(norm.input(lr), scale))
 
 
 def image_metrics(prediction: np.ndarray, target: np.ndarray, data_range: float | None = None) -> dict:

@@ -190,8 +190,9 @@ def _resolve_normalization(cfg: Config, train_pairs) -> Config:
         return cfg
     from training.data.pipeline import compute_normalization
 
-    measured = compute_normalization(train_pairs)
+    measured = compute_normalization(train_pairs)  # (percentile mode is always resolved)
     filled = {k: (v if v is not None else getattr(measured, k)) for k, v in norm.model_dump().items()}
+    filled["mode"] = "fixed"
     new = cfg.model_copy(update={"normalization": type(norm)(**filled)})
     n = new.normalization
     log.info(
@@ -446,17 +447,15 @@ class Trainer:
 
 
 def validate(trainer: Trainer, val_pairs, cfg: Config, n_panel: int):
-    """PSNR/SSIM of model and bicubic against the SIM target on the val pairs (target units)."""
-    from export.processing import postprocess, preprocess
+    """PSNR/SSIM of model and bicubic against the SIM target on the val pairs (in output units:
+    ``Normalization.reference``), as ``w2sr evaluate`` measures them."""
     from training import metrics
+    from training.evaluate import compare_with_target
 
-    n = cfg.normalization
+    maths = cfg.normalization.maths
     rows, panel = [], []
     for i, pair in enumerate(val_pairs):
-        x = preprocess(pair.lr, n.input_mean, n.input_std)[None, ..., None]
-        out = postprocess(trainer.predict(x)[0, ..., 0], n.target_mean, n.target_std)
-        bic = metrics.bicubic_baseline(pair.lr, n.input_mean, n.input_std, n.target_mean, n.target_std)
-        target = np.asarray(pair.hr, np.float32)
+        out, bic, target = compare_with_target(lambda x: trainer.predict(x), pair, maths)
         r = {
             "name": pair.name,
             "psnr": float(metrics.psnr(out, target)), "ssim": float(metrics.ssim(out, target)),

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from export.processing import inverse_postprocess, preprocess
+from export.processing import NormalizationError
 from training.config import DataConfig, NormalizationConfig
 from w2sr.errors import DataError
 
@@ -31,7 +31,7 @@ RNG_ALG = "philox"
 
 
 def compute_normalization(pairs: Sequence["ImagePair"]) -> NormalizationConfig:
-    """Mean/std of all LR pixels and of all HR pixels of the training pairs (float64 sums)."""
+    """Fixed mode: mean/std of all LR pixels and of all HR pixels of the training pairs (float64 sums)."""
     if not pairs:
         raise DataError("no training pairs to compute the normalisation from")
 
@@ -46,7 +46,8 @@ def compute_normalization(pairs: Sequence["ImagePair"]) -> NormalizationConfig:
     for what, std, src in (("widefield", in_std, pairs[0].lr_source), ("SIM", out_std, pairs[0].hr_source)):
         if not std > 0:
             raise DataError(f"{src.parent}: all {what} pixels are equal; cannot normalise")
-    return NormalizationConfig(input_mean=in_mean, input_std=in_std, target_mean=out_mean, target_std=out_std)
+    return NormalizationConfig(mode="fixed", input_mean=in_mean, input_std=in_std, target_mean=out_mean,
+                               target_std=out_std)
 
 
 def _require_resolved(norm: NormalizationConfig) -> None:
@@ -54,11 +55,20 @@ def _require_resolved(norm: NormalizationConfig) -> None:
         raise ValueError("normalisation statistics are not set (call compute_normalization first)")
 
 
-def normalize_pair(lr: np.ndarray, hr: np.ndarray, norm: NormalizationConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Network input and target from raw units, with the bundle's own pre/post-processing maths."""
+def normalize_pair(pair: "ImagePair", norm: NormalizationConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Network input and target of one pair, with the bundle's own normalisation maths; a file whose
+    percentiles coincide is a DataError naming it."""
     _require_resolved(norm)
-    return (preprocess(lr, norm.input_mean, norm.input_std),
-            inverse_postprocess(hr, norm.target_mean, norm.target_std))
+    maths = norm.maths
+    try:
+        lr = maths.input(pair.lr)
+    except NormalizationError as exc:
+        raise DataError(f"{pair.lr_source}: {exc}") from None
+    try:
+        hr = maths.target(pair.hr)
+    except NormalizationError as exc:
+        raise DataError(f"{pair.hr_source}: {exc}") from None
+    return lr, hr
 
 
 def patch_stride(patch: int, overlap: float) -> int:
@@ -168,8 +178,10 @@ class PatchSource:
         self.data_cfg = data_cfg
         self.index = patch_index(pairs, data_cfg)
         self.n_images = len(pairs)
-        self.lr_all = tf.constant(_stack([preprocess(p.lr, norm.input_mean, norm.input_std) for p in pairs]))
-        self.hr_all = tf.constant(_stack([inverse_postprocess(p.hr, norm.target_mean, norm.target_std) for p in pairs]))
+        normalised = [normalize_pair(p, norm) for p in pairs]
+        self.lr_all = tf.constant(_stack([lr for lr, _ in normalised]))
+        self.hr_all = tf.constant(_stack([hr for _, hr in normalised]))
+        del normalised
 
     @property
     def n_patches(self) -> int:
@@ -235,6 +247,6 @@ def make_eval_images(pairs: Sequence["ImagePair"], norm: NormalizationConfig) ->
     """Whole validation/test images as (name, lr (1,H,W,1), hr (1,2H,2W,1)), normalised like training."""
     out = []
     for p in pairs:
-        lr, hr = normalize_pair(p.lr, p.hr, norm)
+        lr, hr = normalize_pair(p, norm)
         out.append((p.name, lr[None, ..., None], hr[None, ..., None]))
     return out

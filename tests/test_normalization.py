@@ -1,0 +1,132 @@
+"""Percentile normalisation (issue 9): each image is scaled by its own percentiles, with JDLL 0.6.1's
+percentile, so a camera offset, a gain or the pixel type does not change the output; through
+`w2sr predict` and through the bundle as DeepImageJ 3.1 runs it (export.jdll).
+
+The tiny fixture network has no padding of its own, so its two paths differ at the border (each
+path is compared with itself here); that the two paths agree on every pixel for exported bundles is
+test_deepimagej_conformance.py's job, which runs on a percentile-mode export."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from export import jdll
+from export.bundle_info import read_bundle
+from export.predict import Model, Settings
+from export.processing import Normalization, NormalizationError, jdll_percentile
+from export.runtimes import OnnxRuntime
+from predict_fixtures import write_bundle
+from w2sr.cli import main as cli
+
+#: the zoo's tolerance, as the bundle's checks apply it
+ATOL, RTOL = 1.5e-4, 1e-4
+
+
+def cells(shape=(96, 80), seed=0) -> np.ndarray:
+    """A fluorescence-like image in camera counts: blobs on a background, Poisson noise, integers."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    img = np.full(shape, 100.0)
+    for _ in range(12):
+        cy, cx, r = rng.uniform(0, shape[0]), rng.uniform(0, shape[1]), rng.uniform(3, 8)
+        img += rng.uniform(200, 1500) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+    return rng.poisson(img).astype(np.float64)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    return write_bundle(tmp_path_factory.mktemp("pct") / "bundle", percentiles=(1.0, 99.8))
+
+
+def test_percentile_is_jdlls_sorted_index_without_interpolation():
+    n = 512 * 512
+    values = np.random.default_rng(0).permutation(n).astype(np.float32)
+    # JDLL: sorted[(int)(N * p / 100)] -> 2621 and 261619 for 1 % and 99.8 % of 262,144 (by hand)
+    assert jdll_percentile(values, 1.0) == 2621.0 and jdll_percentile(values, 99.8) == 261619.0
+    assert np.percentile(values, 99.8) != 261619.0  # numpy (and bioimageio.core) interpolate
+    assert jdll_percentile(values, 100.0) == n - 1  # clamped to the last element
+
+
+def test_python_and_deepimagej_normalise_identically():
+    """export.processing (training, predict) and export.jdll (DeepImageJ's ScaleRange on b,y,x,c)."""
+    img = cells()
+    norm = Normalization(low_percentile=1.0, high_percentile=99.8)
+    kwargs = {"mode": "per_sample", "axes": "xy", "min_percentile": 1.0, "max_percentile": 99.8, "eps": 1e-6}
+    ours = norm.input(img)
+    theirs = jdll.scale_range(img.astype(np.float32)[None, :, :, None], kwargs, "byxc")[0, :, :, 0]
+    np.testing.assert_array_equal(ours, theirs)
+    assert np.mean(ours < 0) == pytest.approx(0.01, abs=0.002) and np.mean(ours > 1) <= 0.002 + 1e-9
+
+
+def test_deepimagej_rejects_a_kwarg_it_has_no_setter_for():
+    with pytest.raises(jdll.JdllError, match="Setter for argument 'percentile_mode'.*setPercentileMode"):
+        jdll.apply_processing(np.zeros((1, 4, 4, 1)), [{"name": "scale_range", "kwargs": {"percentile_mode": 1}}],
+                              "byxc")
+
+
+def _python(bundle: Path, image: np.ndarray) -> np.ndarray:
+    settings = Settings(bundle=str(bundle), progress=False)
+    return Model.load(settings).predict_slice(image, settings)
+
+
+def _deepimagej(bundle: Path, image: np.ndarray) -> np.ndarray:
+    import yaml
+
+    model = jdll.JdllModel.from_rdf(yaml.safe_load((bundle / "rdf.yaml").read_text()))
+    onnx = OnnxRuntime(read_bundle(bundle).onnx_path, providers=["CPUExecutionProvider"])
+    return jdll.predict(model, onnx.predict, image)
+
+
+def _close(a: np.ndarray, b: np.ndarray, what: str) -> None:
+    bad = np.abs(a - b) > ATOL + RTOL * np.abs(b)
+    assert not bad.any(), f"{what}: {int(bad.sum())} px outside the zoo tolerance, max diff {np.abs(a - b).max():.3g}"
+
+
+@pytest.mark.parametrize("gain,offset", [(1, 1000), (10, 0), (0.25, 37), (3, 500)])
+def test_camera_offset_and_gain_do_not_change_the_output(bundle, gain, offset):
+    img = cells()
+    changed = (gain * img + offset).astype(np.float32)
+    for run, path in ((_python, "w2sr predict"), (_deepimagej, "DeepImageJ 3.1 path")):
+        _close(run(bundle, changed), run(bundle, img.astype(np.float32)), f"{path}, {gain} x img + {offset}")
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+def test_pixel_type_does_not_change_the_output(bundle, dtype):
+    img = np.clip(cells() // 8, 0, 255)  # integers that fit 8 bits
+    for run, path in ((_python, "w2sr predict"), (_deepimagej, "DeepImageJ 3.1 path")):
+        _close(run(bundle, img.astype(dtype)), run(bundle, img.astype(np.float64)), f"{path}, {dtype}")
+
+
+def test_the_batch_macros_padding_keeps_the_percentiles(tmp_path):
+    """Small images are padded with whole mirrored copies (export.jdll.macro_canvas): same
+    percentiles, so the network sees the image's own normalisation."""
+    import yaml
+
+    bundle = write_bundle(tmp_path / "tile32", percentiles=(1.0, 99.8), min_size=32, step=0)
+
+    model = jdll.JdllModel.from_rdf(yaml.safe_load((bundle / "rdf.yaml").read_text()))
+    onnx = OnnxRuntime(read_bundle(bundle).onnx_path, providers=["CPUExecutionProvider"])
+    img = cells((11, 13)).astype(np.float32)
+    ch, cw = jdll.macro_canvas(model, img.shape)
+    assert ch % 11 == 0 and cw % 13 == 0 and (ch, cw) != img.shape
+    canvas = np.pad(img, ((0, ch - 11), (0, cw - 13)), mode="symmetric")
+    for p in (1.0, 99.8):
+        assert jdll_percentile(canvas, p) == jdll_percentile(img, p)
+    whole_copies = jdll.predict(model, onnx.predict, canvas)[: 2 * 11, : 2 * 13]
+    np.testing.assert_array_equal(jdll.predict_like_macro(model, onnx.predict, img), whole_copies)
+
+
+def test_a_constant_image_is_refused_in_one_line_and_deepimagej_gives_finite_numbers(bundle, tmp_path, capsys):
+    flat = np.full((40, 40), 500, np.uint16)
+    tifffile.imwrite(tmp_path / "flat.tif", flat)
+    assert cli(["predict", str(bundle), str(tmp_path / "flat.tif"), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"{tmp_path / 'flat.tif'}: its 1th and 99.8th percentiles are equal (500)" in err
+    assert not (tmp_path / "out" / "flat_sr.tif").exists()
+    with pytest.raises(NormalizationError):
+        Normalization().input(flat)
+    assert np.isfinite(_deepimagej(bundle, flat)).all()  # JDLL divides by eps: defined, not NaN
