@@ -524,6 +524,26 @@ def check_packages(root: Path, doc: dict, bioimageio: bool = True) -> tuple[list
 # --------------------------------------------------------------------------------------------
 
 
+def percentile_definition_note(info: Any) -> str:
+    """How far bioimageio.core's percentile (numpy ``linear``, interpolated) is from JDLL's (the one the
+    bundle's test output and every w2sr consumer use) on the test input, and what that does to the
+    output: the residual ``bioimageio test`` sees."""
+    from export.processing import InputMap
+    from export.runtimes import OnnxRuntime
+
+    norm = info.normalization
+    raw = np.load(info.test_input)[0, :, :, 0].astype(np.float32)
+    expected = np.load(info.test_output)[0, :, :, 0].astype(np.float32)
+    jdll_map = norm.measure(raw)
+    lo, hi = (float(np.percentile(raw, q, method="linear")) for q in (norm.low_percentile, norm.high_percentile))
+    rt = OnnxRuntime(info.onnx_path, providers=["CPUExecutionProvider"])
+    theirs = norm.output(rt.predict(InputMap(lo, hi).apply(raw)[None, :, :, None]))[0, :, :, 0]
+    cmp_ = Comparison.of(theirs, expected)
+    return (f"percentile definitions on the test input: JDLL / w2sr (sorted[int(N p / 100)]) lo {jdll_map.lo:.6g}, "
+            f"hi {jdll_map.hi:.6g}; bioimageio.core (numpy linear) lo {lo:.6g}, hi {hi:.6g}; output with the "
+            f"latter vs test_output.npy: max diff {cmp_.max_abs_diff:.3g}, {cmp_.n_bad} px outside the zoo tolerance")
+
+
 def validate_bundle(path: str | Path, *, keras_path: Optional[Path] = None, bioimageio: bool = True,
                     sizes: Sequence[tuple[int, int]] = ((333, 517),), packages: bool = True,
                     engines: bool | Sequence[str] = False,
@@ -546,6 +566,9 @@ def validate_bundle(path: str | Path, *, keras_path: Optional[Path] = None, bioi
     progress("(b) parity matrix on the test input")
     rows, keras_out = parity_matrix(info, kp)
     report.parity = rows
+
+    if info.normalization.percentile:
+        report.notes.append(percentile_definition_note(info))
 
     if sizes:
         progress(f"(c) odd sizes {list(sizes)} and 8/16-bit inputs through the bundle path")
