@@ -2,8 +2,8 @@
 
 Python API::
 
-    results = predict_files(bundle, inputs, out_dir, runtime="onnx", threads=None, tile=512,
-                            batch=1, fmt="float32", overwrite=False, scheduler=None)
+    results = predict_files(bundle, inputs, out_dir, runtime="auto", precision="auto", threads=None,
+                            tile=512, batch=1, fmt="float32", overwrite=False, scheduler=None)
     # -> list[Result]; Result.status is "written", "skipped" (output exists) or "failed"
 
 What it guarantees:
@@ -58,7 +58,6 @@ OUTPUT_SUFFIX = "_sr.tif"
 DEFAULT_TILE = 512
 #: smallest image side we accept; smaller images are junk rather than microscopy
 MIN_SIDE = 8
-RUNTIMES = ("onnx", "tensorflow")
 FORMATS = ("float32", "uint16")
 #: tile progress bars only for images with more tiles than this
 TILE_BAR_MIN = 16
@@ -90,13 +89,14 @@ class Result:
 @dataclass(frozen=True)
 class Settings:
     bundle: str
-    runtime: str = "onnx"
+    runtime: str = "auto"       # auto | onnx | openvino | tensorflow (export.inference_paths)
     threads: Optional[int] = None
     tile: int = DEFAULT_TILE
     batch: int = 1
     fmt: str = "float32"
     overwrite: bool = False
     progress: bool = True       # tile progress bars for big images (off on dask workers)
+    precision: str = "auto"     # auto | fp32 | bf16
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,22 +114,35 @@ def _tf_threads(threads: Optional[int]) -> None:
         log.warning("TensorFlow already running; --threads %s not applied", threads)
 
 
-def load_runtime(info: BundleInfo, runtime: str = "onnx", threads: Optional[int] = None):
-    """An object with ``predict(x (B,h,w,1) normalised) -> (B,2h,2w,1)`` for the bundle's weights."""
-    if runtime not in RUNTIMES:
-        raise UserError(f"unknown runtime '{runtime}' (choose from {', '.join(RUNTIMES)})")
-    path = info.onnx_path if runtime == "onnx" else info.savedmodel_zip
-    if path is None:
+def load_path(info: BundleInfo, path: str, threads: Optional[int] = None):
+    """The runtime of one inference path (``export.inference_paths``: "onnx-fp32", "openvino-bf16",
+    ...): an object with ``predict(x (B,h,w,1) normalised) -> (B,2h,2w,1)``, weights hash-checked."""
+    runtime, precision = path.split("-")
+    weights = info.savedmodel_zip if runtime == "tensorflow" else info.onnx_path
+    if weights is None:
         raise UserError(f"{info.root / 'rdf.yaml'}: the bundle has no {runtime} weights")
-    if not Path(path).exists():
-        raise UserError(f"{path}: weights named in the rdf are missing")
-    info.check_weights(path)
-    from export.runtimes import OnnxRuntime, SavedModelRuntime
+    if not Path(weights).exists():
+        raise UserError(f"{weights}: weights named in the rdf are missing")
+    info.check_weights(weights)
+    from export.runtimes import OnnxRuntime, OpenVinoRuntime, SavedModelRuntime
 
     if runtime == "onnx":
-        return OnnxRuntime(path, threads=threads)
+        return OnnxRuntime(weights, threads=threads)
+    if runtime == "openvino":
+        return OpenVinoRuntime(weights, precision, threads=threads)
     _tf_threads(threads)
-    return SavedModelRuntime(path)
+    return SavedModelRuntime(weights)
+
+
+def load_runtime(info: BundleInfo, runtime: str = "auto", threads: Optional[int] = None,
+                 precision: str = "auto"):
+    """(runtime, path name): the path ``export.inference_paths.choose`` keeps for this machine."""
+    from export.inference_paths import choose
+
+    choice, rt = choose(info, runtime, precision, lambda path: load_path(info, path, threads))
+    guard = f", guard {choice.guard_db:.1f} dB vs test_output.npy" if choice.guard_db is not None else ""
+    log.info("inference path: %s (%s%s)", choice.path, choice.reason, guard)
+    return rt, choice.path
 
 
 # --------------------------------------------------------------------------------------------
@@ -421,7 +434,8 @@ class Model:
         info = read_bundle(settings.bundle)
         if info.halo == 0:
             log.warning("%s: the rdf states halo 0; tiles may show seams", info.root / "rdf.yaml")
-        return cls(info, load_runtime(info, settings.runtime, settings.threads), settings.runtime)
+        runtime, path = load_runtime(info, settings.runtime, settings.threads, settings.precision)
+        return cls(info, runtime, path)
 
     def predict_fn(self, input_map: InputMap) -> Callable[[np.ndarray], np.ndarray]:
         """Raw tiles (B,h,w,1) -> outputs: the bundle's pre, network, post.
@@ -666,9 +680,9 @@ def check_out_dir(out_dir: Path, inputs: Sequence[str | Path]) -> None:
 
 
 def predict_files(bundle: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, *,
-                  runtime: str = "onnx", threads: Optional[int] = None, tile: int = DEFAULT_TILE,
+                  runtime: str = "auto", threads: Optional[int] = None, tile: int = DEFAULT_TILE,
                   batch: int = 1, fmt: str = "float32", overwrite: bool = False,
-                  scheduler: Optional[str] = None, progress: bool = True) -> list[Result]:
+                  scheduler: Optional[str] = None, progress: bool = True, precision: str = "auto") -> list[Result]:
     """Predict every input; return one Result per input (in input order). See the module doc."""
     if fmt not in FORMATS:
         raise UserError(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
@@ -676,6 +690,11 @@ def predict_files(bundle: str | Path, inputs: Sequence[str | Path], out_dir: str
         raise UserError(f"--tile and --batch must be positive (got {tile}, {batch})")
     if threads is not None and threads < 1:
         raise UserError(f"--threads must be a positive number of threads (got {threads})")
+    from export.inference_paths import PRECISIONS, RUNTIMES
+
+    if runtime not in RUNTIMES or precision not in PRECISIONS:
+        raise UserError(f"--runtime {runtime} / --precision {precision}: choose from {', '.join(RUNTIMES)} / "
+                        f"{', '.join(PRECISIONS)}")
     out_dir = Path(out_dir)
     info = read_bundle(bundle)  # fail early on a bad bundle, before touching any input
     tile_eff = info.valid_size_at_least(tile)
@@ -697,11 +716,11 @@ def predict_files(bundle: str | Path, inputs: Sequence[str | Path], out_dir: str
     sweep_stale(out_dir)  # temporary files of a killed earlier run (their process is gone)
     try:
         settings = Settings(str(Path(bundle).resolve()), runtime, threads, tile, batch, fmt, overwrite,
-                            progress=progress and scheduler is None)
+                            progress=progress and scheduler is None, precision=precision)
         sizes = (f"any size >= {info.any_size_from}" if info.any_size_from is not None
                  else f"valid sizes {info.min_size} + n*{info.step}")
-        log.info("bundle %s (%s): halo %d px, tile %d px (%s), runtime %s, output %s",
-                 info.root, info.name, info.halo, tile_eff, sizes, runtime, fmt)
+        log.info("bundle %s (%s): halo %d px, tile %d px (%s), runtime %s, precision %s, output %s",
+                 info.root, info.name, info.halo, tile_eff, sizes, runtime, precision, fmt)
         todo, results = [], []
         for src, dst in jobs:
             if dst.exists() and not overwrite:

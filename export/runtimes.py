@@ -7,6 +7,7 @@ preprocessing applied) and returns the network output ``(B, 2H, 2W, 1)`` (before
                                                 # the exported graph's symmetric padding, applied around it
     SavedModelRuntime(dir_or_zip, device=None)  # the frozen SavedModel, TF2 signature call
     OnnxRuntime(path, providers=None, threads=None)   # ONNX Runtime; CUDA when available
+    OpenVinoRuntime(path, precision="fp32"|"bf16", threads=None)  # OpenVINO on the same ONNX file (CPU)
 
 :func:`available_runtimes` lists every (format, device) row the parity matrix may show, with the
 reason a row cannot run here (for example no GPU). :func:`measure_in_subprocess` times one runtime
@@ -161,6 +162,39 @@ class OnnxRuntime:
     def predict(self, x: np.ndarray) -> np.ndarray:
         x = _check_batch(x)
         return np.asarray(self.session.run([self._out], {self._in: x})[0], dtype=np.float32)
+
+
+class OpenVinoRuntime:
+    """OpenVINO on the CPU, reading ``weights.onnx`` directly; ``precision`` "bf16" keeps activations
+    in bfloat16 (fast where the CPU has AVX512-BF16 or AMX), "fp32" computes in float32."""
+
+    format = "onnx"
+    device = "cpu"
+
+    def __init__(self, path: str | Path, precision: str = "fp32", threads: Optional[int] = None):
+        import openvino as ov
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UserError(f"{self.path}: ONNX file not found")
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision {precision!r}: fp32 or bf16")
+        config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+                  "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            self.compiled = ov.Core().compile_model(str(self.path), "CPU", config)
+        except Exception as exc:
+            raise UserError(f"{self.path}: OpenVINO cannot load it: {str(exc).splitlines()[0]}") from None
+        self.request = self.compiled.create_infer_request()
+        self.precision = precision
+        self.name = f"OpenVINO {ov.__version__.split('-')[0]} (CPU, {precision})"
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        x = _check_batch(x)
+        result = self.request.infer({0: x})
+        return np.asarray(result[self.compiled.output(0)], dtype=np.float32)
 
 
 # --------------------------------------------------------------------------------------------

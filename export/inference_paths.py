@@ -1,0 +1,227 @@
+"""Which inference path `w2sr predict` takes on this machine: runtime x precision, chosen from the CPU's
+own flags at run time and kept only if an accuracy guard passes.
+
+Paths (``runtime-precision``):
+
+* ``onnx-fp32``: ONNX Runtime, float32 (the reference path);
+* ``tensorflow-fp32``: the frozen SavedModel in TensorFlow;
+* ``openvino-fp32``, ``openvino-bf16``: OpenVINO reading the same ``weights.onnx``; bf16 keeps
+  activations in bfloat16 (``INFERENCE_PRECISION_HINT``), fast only where the CPU computes bf16
+  natively (AVX512-BF16 or AMX-BF16; elsewhere OpenVINO would emulate it, slower than fp32).
+
+``--precision auto --runtime auto`` (the default) takes the fastest path the CPU supports natively
+(:func:`candidates`), then checks it on the bundle's own test input against ``test_output.npy``
+(:func:`guard`: PSNR >= :data:`GUARD_PSNR_DB` relative to it, the range of the stored output as the
+peak). A path that fails falls back to the next one, and finally to ``onnx-fp32``, with one log line
+saying why. Verdicts are cached per weights file, path and CPU (``~/.cache/w2sr/guard.json``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from w2sr.errors import UserError
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("auto", "onnx", "openvino", "tensorflow")
+PRECISIONS = ("auto", "fp32", "bf16")
+REFERENCE = "onnx-fp32"
+#: a path is kept when its output on the test input is within this PSNR of test_output.npy; 50 dB is
+#: a largest error of about 0.3 % of the output's range, far below what a person can see
+GUARD_PSNR_DB = 50.0
+#: the guard runs on a window of the test input this many output pixels inside its border
+GUARD_WINDOW = 128
+#: CPU flags (``/proc/cpuinfo``) that make bfloat16 arithmetic native
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags() -> frozenset[str]:
+    """The flags of the first CPU in /proc/cpuinfo (empty where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def native_bf16(flags: frozenset[str]) -> Optional[str]:
+    """The flag that makes bf16 native here (AMX first: it is the faster one), or None."""
+    for flag in ("amx_bf16", "avx512_bf16"):
+        if flag in flags:
+            return flag
+    return None
+
+
+def openvino_available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def candidates(runtime: str, precision: str, flags: frozenset[str], have_openvino: bool,
+               have_savedmodel: bool = True) -> list[tuple[str, str]]:
+    """The paths to try, fastest first, each with why it is on the list; the last one is accurate.
+
+    Explicit choices are honoured (and refused in one line where they cannot run); ``auto`` uses
+    bf16 only where the CPU has it natively, OpenVINO where it is installed."""
+    if runtime not in RUNTIMES:
+        raise UserError(f"--runtime {runtime}: choose from {', '.join(RUNTIMES)}")
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision}: choose from {', '.join(PRECISIONS)}")
+    bf16 = native_bf16(flags)
+    if precision == "bf16" and runtime not in ("auto", "openvino"):
+        raise UserError(f"--precision bf16 runs on OpenVINO only (--runtime openvino or auto), not {runtime}")
+    if runtime == "openvino" or (precision == "bf16" and runtime == "auto"):
+        if not have_openvino:
+            raise UserError("--runtime openvino: OpenVINO is not installed (pip install openvino)")
+    if runtime == "tensorflow" and not have_savedmodel:
+        raise UserError("--runtime tensorflow: the bundle has no SavedModel weights")
+    if precision == "bf16":
+        why = f"asked for; CPU {'has ' + bf16 if bf16 else 'has no native bf16 (emulated: slow)'}"
+        return [("openvino-bf16", why)]
+    if runtime in ("onnx", "tensorflow", "openvino"):
+        if precision == "fp32" or runtime != "openvino" or not bf16:
+            return [(f"{runtime}-fp32", "asked for")]
+        return [("openvino-bf16", f"CPU has {bf16}"), ("openvino-fp32", "fallback")]
+    # runtime auto
+    if precision == "fp32":
+        return [(REFERENCE, "asked for fp32")]
+    paths = []
+    if bf16 and have_openvino:
+        paths.append(("openvino-bf16", f"CPU has {bf16}"))
+    paths.append((REFERENCE, "accurate reference path" if paths else
+                  ("CPU has no native bf16" if not bf16 else "OpenVINO not installed")))
+    return paths
+
+
+# --------------------------------------------------------------------------------------------
+# the accuracy guard
+
+
+def psnr_vs(reference: np.ndarray, output: np.ndarray) -> float:
+    """PSNR of ``output`` relative to ``reference``, peak = the reference's range (inf if equal)."""
+    ref = np.asarray(reference, np.float64)
+    mse = float(np.mean((np.asarray(output, np.float64) - ref) ** 2))
+    peak = float(ref.max() - ref.min()) or 1.0
+    return float("inf") if mse == 0 else 10 * np.log10(peak * peak / mse)
+
+
+def guard_window(info) -> tuple[np.ndarray, np.ndarray, slice]:
+    """(normalised input window (1,h,w,1), expected output of its kept part, the crop of the
+    window's output to compare): a window of the test input with the halo as context, so the
+    guard costs a fraction of the whole test image."""
+    raw = np.load(info.test_input)[0, :, :, 0].astype(np.float32)
+    expected = np.load(info.test_output)[0, :, :, 0].astype(np.float32)
+    x = info.normalization.measure(raw).apply(raw)  # the whole image's normalisation, as in use
+    h, w = raw.shape
+    side = min(h, w, GUARD_WINDOW // info.scale + 2 * info.halo)
+    if side == min(h, w) or not info.is_valid_size(side):  # the whole test image
+        return x[None, :, :, None], expected, slice(None)
+    y0, x0 = (h - side) // 2, (w - side) // 2
+    window = x[y0:y0 + side, x0:x0 + side][None, :, :, None]
+    s, m = info.scale, info.scale * info.halo
+    keep = slice(m, s * side - m)
+    want = expected[s * y0:s * (y0 + side), s * x0:s * (x0 + side)][keep, keep]
+    return window, want, keep
+
+
+def guard(info, predict: Callable[[np.ndarray], np.ndarray]) -> float:
+    """PSNR (dB) of a path's output on the test-input window against test_output.npy."""
+    window, want, keep = guard_window(info)
+    got = info.normalization.output(predict(window))[0, :, :, 0][keep, keep]
+    return psnr_vs(want, got)
+
+
+@dataclass
+class Choice:
+    path: str                # e.g. "openvino-bf16"
+    reason: str              # why this path
+    guard_db: Optional[float] = None
+    rejected: tuple = ()     # (path, reason) of paths that were tried and dropped
+
+
+def _cache_file() -> Path:
+    return Path(os.environ.get("W2SR_CACHE", Path.home() / ".cache" / "w2sr")) / "guard.json"
+
+
+def _cache_key(info, path: str) -> str:
+    weights = info.weight_sha256.get(info.onnx_path) or str(info.onnx_path)
+    return f"{weights}|{path}|{cpu_model()}"
+
+
+def _read_cache() -> dict:
+    try:
+        return json.loads(_cache_file().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(cache: dict) -> None:
+    from training.io import atomic_write_text
+
+    try:
+        _cache_file().parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(_cache_file(), json.dumps(cache, indent=1) + "\n")
+    except OSError as exc:  # a read-only home only costs the guard's time next run
+        log.debug("guard cache not written: %s", exc)
+
+
+def choose(info, runtime: str, precision: str, load: Callable[[str], object],
+           flags: Optional[frozenset[str]] = None) -> tuple[Choice, object]:
+    """Walk :func:`candidates`; load each path with ``load(path)``; keep the first whose guard passes
+    (explicitly asked-for paths are kept but still checked and reported). Returns (choice, runtime)."""
+    flags = cpu_flags() if flags is None else flags
+    paths = candidates(runtime, precision, flags, openvino_available(), info.savedmodel_zip is not None)
+    explicit = runtime != "auto" or precision != "auto"
+    cache = _read_cache()
+    rejected = []
+    for i, (path, reason) in enumerate(paths):
+        last = i == len(paths) - 1
+        rt = load(path)
+        if path == REFERENCE:  # the reference needs no guard: test_output.npy is its own output
+            return Choice(path, reason, rejected=tuple(rejected)), rt
+        key = _cache_key(info, path)
+        db = cache.get(key)
+        if db is None:
+            t0 = time.perf_counter()
+            try:
+                db = guard(info, rt.predict)
+            except ValueError as exc:  # e.g. a test input the normalisation refuses: nothing to check on
+                log.warning("accuracy guard for %s cannot run on %s (%s)", path, info.test_input, exc)
+                db = float("-inf")
+            log.info("accuracy guard for %s: %.1f dB PSNR vs test_output.npy (%.1f s)", path, db,
+                     time.perf_counter() - t0)
+            if np.isfinite(db) or db > 0:
+                cache[key] = db if np.isfinite(db) else 999.0
+                _write_cache(cache)
+        if db >= GUARD_PSNR_DB or (explicit and last):
+            if db < GUARD_PSNR_DB:
+                log.warning("%s: only %.1f dB PSNR vs the bundle's test output (guard: %g dB); kept because "
+                            "it was asked for", path, db, GUARD_PSNR_DB)
+            return Choice(path, reason, db, tuple(rejected)), rt
+        why = f"{db:.1f} dB PSNR vs test_output.npy is below the {GUARD_PSNR_DB:g} dB guard"
+        log.warning("not using %s: %s; falling back to %s", path, why, paths[i + 1][0] if not last else REFERENCE)
+        rejected.append((path, why))
+    return Choice(REFERENCE, "fallback after the guard", rejected=tuple(rejected)), load(REFERENCE)
