@@ -134,7 +134,9 @@ def test_adam_epsilon_reaches_both_optimizers():
     trainer = Trainer(cfg, make_strategy("default"))
     assert trainer.g_opt.epsilon == pytest.approx(3e-8) and trainer.d_opt.epsilon == pytest.approx(3e-8)
     mixed = Trainer(apply_overrides(cfg, ["train.mixed_precision=true"]), make_strategy("default"))
-    assert mixed.g_opt.inner_optimizer.epsilon == pytest.approx(3e-8)
+    assert mixed.g_opt.inner_optimizer.epsilon == pytest.approx(3e-8)  # true = float16, loss-scaled
+    bf16 = Trainer(apply_overrides(cfg, ["train.mixed_precision=bfloat16"]), make_strategy("default"))
+    assert bf16.g_opt.epsilon == pytest.approx(3e-8) and not bf16.mixed  # bfloat16: no loss scaling
 
 
 def test_epoch_dataset_cut_from_one_patch_source(tiny_data):
@@ -294,14 +296,16 @@ def test_tiny_run_end_to_end(tmp_path, tiny_data, monkeypatch):
     assert Path(previous).name != Path(newest).name
 
 
-def test_mixed_precision_switch_trains_and_exports_float32(tmp_path, tiny_data):
+@pytest.mark.parametrize("mixed", ["float16", "bfloat16"])
+def test_mixed_precision_switch_trains_and_exports_float32(tmp_path, tiny_data, mixed):
     import keras
 
     import training.models  # noqa: F401
     from training.train import train
 
-    cfg = tiny_cfg(tiny_data, "train.mixed_precision=true", "train.pretrain.steps_per_epoch=2",
+    cfg = tiny_cfg(tiny_data, f"train.mixed_precision={mixed}", "train.pretrain.steps_per_epoch=2",
                    "train.gan.epochs=0")
+    assert cfg.train.mixed_precision == mixed
     run = train(cfg, tmp_path / "run")
     assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
     rows = [r for r in read_metrics(run) if r["kind"] == "train"]
@@ -313,7 +317,8 @@ def test_mixed_precision_switch_trains_and_exports_float32(tmp_path, tiny_data):
     import tensorflow as tf
 
     names = [name for name, _ in tf.train.list_variables(str(run / "checkpoints"))]
-    assert any("dynamic_scale" in n for n in names)  # trained through a LossScaleOptimizer
+    # float16 trains through a LossScaleOptimizer; bfloat16 has float32's range and needs none
+    assert any("dynamic_scale" in n for n in names) == (mixed == "float16")
 
 
 def test_killed_run_resumes_to_the_same_step_count(tmp_path, tiny_data):

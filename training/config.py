@@ -180,7 +180,20 @@ class TrainConfig(_Strict):
     #: gradients scaled by the 1e-2 pixel-loss weight, and would damp the early updates.
     adam_epsilon: float = Field(1e-8, gt=0)
     amsgrad: bool = True
-    mixed_precision: bool = False
+    #: false, "float16" (GPUs; loss scaling) or "bfloat16" (CPUs with AVX512-BF16 / AMX, and recent
+    #: GPUs; no loss scaling needed: bfloat16 has float32's exponent range). true means "float16".
+    mixed_precision: Literal[False, "float16", "bfloat16"] = False
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _true_is_float16(cls, v):
+        if v is True or (isinstance(v, str) and v.lower() in ("true", "mixed_float16")):
+            return "float16"
+        if v is None or (isinstance(v, str) and v.lower() in ("false", "no", "none", "off")):
+            return False
+        if isinstance(v, str) and v.lower() == "mixed_bfloat16":
+            return "bfloat16"
+        return v
     strategy: Literal["auto", "default", "mirrored", "multiworker"] = "auto"
     checkpoint_every_steps: int = Field(200, ge=1)
     keep_checkpoints: int = Field(2, ge=1)

@@ -264,7 +264,7 @@ class Trainer:
                 self.perceptual = PerceptualLoss.from_config(cfg.loss)
         self.pixel = pixel_loss(cfg.loss.pixel)
         self.ragan_g, self.ragan_d = ragan_generator_loss, ragan_discriminator_loss
-        self.mixed = bool(t.mixed_precision)
+        self.mixed = t.mixed_precision == "float16"  # loss scaling (bfloat16 needs none)
 
         self.counters = {
             name: tf.Variable(0, dtype=tf.int64, trainable=False, name=name)
@@ -286,7 +286,7 @@ class Trainer:
         t = self.cfg.train
         opt = keras.optimizers.Adam(learning_rate=lr, beta_1=t.beta_1, beta_2=t.beta_2,
                                     epsilon=t.adam_epsilon, amsgrad=t.amsgrad)
-        if t.mixed_precision:
+        if t.mixed_precision == "float16":  # bfloat16 has float32's range: no loss scaling
             opt = keras.optimizers.LossScaleOptimizer(opt)
         return opt
 
@@ -528,10 +528,18 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
     strategy = make_strategy(cfg.train.strategy)
     keras.utils.set_random_seed(cfg.train.seed)
     policy = keras.mixed_precision.global_policy()
-    if cfg.train.mixed_precision:
-        if not tf.config.list_logical_devices("GPU"):
-            log.warning("train.mixed_precision on a CPU: float16 is slow here; it is meant for GPUs")
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    mixed = cfg.train.mixed_precision
+    if mixed:
+        gpu = bool(tf.config.list_logical_devices("GPU"))
+        from export.inference_paths import cpu_flags, native_bf16
+
+        if mixed == "float16" and not gpu:
+            log.warning("train.mixed_precision float16 on a CPU: slow here; use bfloat16 on CPUs that have it")
+        if mixed == "bfloat16" and not gpu and not native_bf16(cpu_flags()):
+            log.warning("train.mixed_precision bfloat16: this CPU has no native bf16 (AVX512-BF16 / AMX); "
+                        "it will be emulated and slower than float32")
+        keras.mixed_precision.set_global_policy(f"mixed_{mixed}")
+        log.info("mixed precision: %s compute, float32 weights", mixed)
     scratch = None  # a non-chief's own checkpoint folder, outside the run folder
     try:
         chief = is_chief(strategy)
