@@ -48,6 +48,9 @@ def worker(args: argparse.Namespace) -> None:
     overrides = ["loss.vgg_weights=random", "train.strategy=default"]
     if args.batch:
         overrides.append(f"train.global_batch_size={args.batch}")
+    if args.mixed:
+        overrides.append(f"train.mixed_precision={args.mixed}")
+        keras.mixed_precision.set_global_policy(f"mixed_{args.mixed}")  # what train() sets
     cfg = apply_overrides(cfg, overrides)
     keras.utils.set_random_seed(0)
     trainer = Trainer(cfg, make_strategy(cfg.train.strategy))
@@ -70,7 +73,7 @@ def worker(args: argparse.Namespace) -> None:
             times.append(dt)
     med = statistics.median(times)
     print("RESULT " + json.dumps({
-        "config": args.config, "phase": args.phase, "batch": b, "lr_patch": p,
+        "config": args.config, "phase": args.phase, "batch": b, "lr_patch": p, "precision": args.mixed or "fp32",
         "generator_params": trainer.generator.count_params(),
         "discriminator_params": trainer.discriminator.count_params(),
         "steps": len(times), "warmup": args.warmup,
@@ -83,9 +86,10 @@ def worker(args: argparse.Namespace) -> None:
     }), flush=True)
 
 
-def run_one(config: str, phase: str, steps: int, warmup: int, batch: int | None, timeout: int) -> dict:
+def run_one(config: str, phase: str, steps: int, warmup: int, batch: int | None, timeout: int,
+            mixed: str | None = None) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--config", config, "--phase", phase,
-           "--steps", str(steps), "--warmup", str(warmup)]
+           "--steps", str(steps), "--warmup", str(warmup)] + (["--mixed-precision", mixed] if mixed else [])
     if batch:
         cmd += ["--batch", str(batch)]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -101,12 +105,12 @@ def run_one(config: str, phase: str, steps: int, warmup: int, batch: int | None,
 
 
 def table(results: list[dict]) -> str:
-    head = ("| config | phase | batch | G params | median step (s) | min-max (s) | patches/s | "
+    head = ("| config | phase | precision | batch | G params | median step (s) | min-max (s) | patches/s | "
             "first step (s) | peak RSS (MB) |")
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in results:
         lines.append(
-            f"| {r['config']} | {r['phase']} | {r['batch']} | {r['generator_params']:,} | "
+            f"| {r['config']} | {r['phase']} | {r.get('precision', 'fp32')} | {r['batch']} | {r['generator_params']:,} | "
             f"{r['median_s']:.3f} | {r['min_s']:.3f}-{r['max_s']:.3f} | {r['patches_per_s']:.1f} | "
             f"{r['first_step_s']:.1f} | {r['peak_rss_mb']:.0f} |"
         )
@@ -125,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--full-steps", type=int, default=2, help="timed steps for --full (default 2)")
     ap.add_argument("--full-batch", type=int, default=4,
                     help="batch for --full (default 4; the w2s config trains with 16, ~4x the memory)")
+    ap.add_argument("--mixed-precision", dest="mixed", choices=("float16", "bfloat16"), default=None,
+                    help="also time every measurement with train.mixed_precision set to this")
     ap.add_argument("--out", type=Path, help="also write the results as JSON here")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per measurement")
     # internal: one measurement in this process
@@ -145,16 +151,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {info['cpu']}, {info['cpus_usable']} usable cores, {info['memory_gib']} GiB, Python {info['python']}")
     results = []
     for config, phase, steps, warmup, batch in plan:
-        print(f"  timing {config} / {phase}: {warmup} warm-up + {steps} steps ...", flush=True)
-        r = run_one(config, phase, steps, warmup, batch, args.timeout)
-        print(f"    median {r['median_s']:.3f} s/step, {r['patches_per_s']:.1f} patches/s, "
-              f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
-        results.append(r)
+        for mixed in [None] + ([args.mixed] if args.mixed else []):
+            label = f" ({mixed})" if mixed else ""
+            print(f"  timing {config} / {phase}{label}: {warmup} warm-up + {steps} steps ...", flush=True)
+            r = run_one(config, phase, steps, warmup, batch, args.timeout, mixed)
+            print(f"    median {r['median_s']:.3f} s/step, {r['patches_per_s']:.1f} patches/s, "
+                  f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+            results.append(r)
     if results:
         info["tensorflow"] = results[0]["tensorflow"]
         info["keras"] = results[0]["keras"]
     print()
-    print(f"TensorFlow {info.get('tensorflow')}, Keras {info.get('keras')}, fp32, random weights, "
+    print(f"TensorFlow {info.get('tensorflow')}, Keras {info.get('keras')}, random weights, "
           f"LR patches 64x64 -> 128x128")
     print(table(results))
     if args.out:

@@ -156,6 +156,9 @@ def read_bundle(path: str | Path) -> BundleInfo:
         step = int(inp["shape"]["step"][y])
         scale = int(round(float(out["shape"]["scale"][y])))
         halo_out = int(out.get("halo", [0] * len(axes))[y])
+        if halo_out < 0 or min_size < 1 or step < 0 or scale < 1:
+            raise ValueError(f"sizes: output halo {halo_out}, min {min_size}, step {step} and scale {scale} "
+                             f"must be >= 0, >= 1, >= 0 and >= 1")
         weights = doc.get("weights", {})
         network = ((doc.get("config") or {}).get("w2sr") or {}).get("network") or {}
 
@@ -181,5 +184,8 @@ def read_bundle(path: str | Path) -> BundleInfo:
                            if isinstance(w, dict) and w.get("source") and w.get("sha256")},
             any_size_from=int(network["any_size_from"]) if network.get("any_size_from") else None,
         )
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+    except AttributeError:  # e.g. inputs: [oops] - a list of names where mappings belong
+        raise UserError(f"{rdf}: not a w2sr bundle rdf (format 0.4.10 expected): inputs[0] and outputs[0] must "
+                        f"be tensor descriptions (mappings with axes, shape, ...)") from None
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise UserError(f"{rdf}: not a w2sr bundle rdf (format 0.4.10 expected): missing or bad {exc}") from None

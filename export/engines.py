@@ -38,7 +38,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -48,6 +47,7 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from export.proc import die_with_parent
+from training.io import scratch_dir
 
 log = logging.getLogger(__name__)
 
@@ -385,7 +385,7 @@ def _open_bundle(path: Path) -> Iterator[Path]:
     """A bundle folder, its rdf.yaml, or a zipped bundle (as DeepImageJ's installer gets it)."""
     path = Path(path)
     if path.is_file() and path.suffix == ".zip":
-        with tempfile.TemporaryDirectory(prefix="w2sr-bundle-") as tmp:
+        with scratch_dir("bundle") as tmp:
             with zipfile.ZipFile(path) as zf:
                 zf.extractall(tmp)
             rdfs = sorted(Path(tmp).glob("rdf.yaml")) or sorted(Path(tmp).glob("*/rdf.yaml"))
@@ -457,7 +457,7 @@ def check_engines(bundle_path: Union[str, Path], engines: Optional[Sequence[Unio
         post = info.normalization.output
         log.info("bundle %s: test input %s -> expected output %s; input '%s', output '%s'",
                  info.root, tuple(raw.shape), tuple(expected.shape), bundle.input_key, bundle.output_key)
-        with tempfile.TemporaryDirectory(prefix="w2sr-engines-") as tmp:
+        with scratch_dir("engines") as tmp:
             x_path = Path(tmp) / "network_input.npy"
             np.save(x_path, x)
             tiles_job = None

@@ -531,8 +531,8 @@ def predict_file(src_path: Path, dst: Path, model: Model, settings: Settings) ->
 
         with atomic_path(dst) as tmp:
             if settings.fmt == "float32":
-                tifffile.imwrite(tmp, planes(), shape=shape, dtype=np.float32, imagej=True,
-                                 resolution=resolution, metadata=meta)
+                tifffile.imwrite(tmp, planes(), shape=shape, dtype=np.float32, resolution=resolution,
+                                 **_tiff_kind(shape, np.float32, meta, dst))
                 scaling = ""
             else:
                 vunit = "normalised units" if info.normalization.percentile else "target units"
@@ -545,6 +545,21 @@ def predict_file(src_path: Path, dst: Path, model: Model, settings: Settings) ->
         return Result(str(src_path), str(dst), "written", scaling, took, src.n_slices)
     finally:
         src.close()
+
+
+#: classic TIFF addresses 4 GiB; ImageJ hyperstack files are classic TIFFs (a little room for the tags)
+CLASSIC_TIFF_LIMIT = 2**32 - 2**24
+
+
+def _tiff_kind(shape: tuple, dtype, meta: dict, dst: Path) -> dict:
+    """ImageJ TIFF, or BigTIFF for outputs classic TIFF cannot address (ImageJ's own reader cannot
+    open BigTIFF; Fiji opens it with Bio-Formats): the pixel size stays in the resolution tags."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if nbytes <= CLASSIC_TIFF_LIMIT:
+        return {"imagej": True, "metadata": meta}
+    log.warning("%s: %.1f GiB of output is beyond classic TIFF's 4 GiB: writing a BigTIFF (open it in Fiji "
+                "with Bio-Formats; plain ImageJ cannot read BigTIFF)", dst, nbytes / 2**30)
+    return {"bigtiff": True, "metadata": {"axes": meta.get("axes", "YX")}}
 
 
 def _write_uint16(tmp: Path, planes: Iterator[np.ndarray], shape: tuple, src: ImageSource,
@@ -571,8 +586,8 @@ def _write_uint16(tmp: Path, planes: Iterator[np.ndarray], shape: tuple, src: Im
 
         meta = dict(meta, cf=0, c0=f"{c0:.9g}", c1=f"{c1:.9g}", vunit=vunit,
                     Info=f"w2sr predict: {scaling} (ImageJ calibration function cf=0, c0, c1)")
-        tifffile.imwrite(tmp, out_planes(), shape=shape, dtype=np.uint16, imagej=True,
-                         resolution=resolution, metadata=meta)
+        tifffile.imwrite(tmp, out_planes(), shape=shape, dtype=np.uint16, resolution=resolution,
+                         **_tiff_kind(shape, np.uint16, meta, dst))
         del buf
         return scaling
     finally:
@@ -604,11 +619,34 @@ def cached_model(settings: Settings) -> Model:
         return _MODEL_CACHE[key]
 
 
+def output_problem(src: Path, dst: Path, scale: int) -> Optional[str]:
+    """None when ``dst`` is a readable TIFF of ``scale`` x the size of ``src`` (a finished output: resume
+    skips it), else what is wrong. Outputs are written atomically, so a bad one was not written by
+    w2sr predict (an empty placeholder, a copy cut short)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(dst) as tif:
+            got = tuple(tif.series[0].shape[-2:])
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is "not finished"
+        return f"unreadable: {type(exc).__name__}"
+    try:
+        source = open_image(src)
+    except UserError:
+        return None  # the input itself is bad: predicting would fail anyway, keep the old output
+    try:
+        want = (scale * source.height, scale * source.width)
+    finally:
+        source.close()
+    return None if got == want else f"{got[0]}x{got[1]} px, expected {want[0]}x{want[1]}"
+
+
 def run_job(src: str, dst: str, settings: Settings) -> Result:
     """Predict one file; never raises for a bad file (the failure is in the Result)."""
     src_p, dst_p = Path(src), Path(dst)
     worker = _worker_name()
-    if dst_p.exists() and not settings.overwrite:
+    scale = read_bundle(settings.bundle).scale
+    if dst_p.exists() and not settings.overwrite and output_problem(src_p, dst_p, scale) is None:
         return Result(src, dst, "skipped", f"{dst}: exists (use --overwrite to replace)", worker=worker)
     try:
         model = cached_model(settings)
@@ -695,6 +733,8 @@ def predict_files(bundle: str | Path, inputs: Sequence[str | Path], out_dir: str
     if runtime not in RUNTIMES or precision not in PRECISIONS:
         raise UserError(f"--runtime {runtime} / --precision {precision}: choose from {', '.join(RUNTIMES)} / "
                         f"{', '.join(PRECISIONS)}")
+    if not str(out_dir).strip():
+        raise UserError("--out is empty: give the folder the outputs go to")
     out_dir = Path(out_dir)
     info = read_bundle(bundle)  # fail early on a bad bundle, before touching any input
     tile_eff = info.valid_size_at_least(tile)
@@ -702,6 +742,11 @@ def predict_files(bundle: str | Path, inputs: Sequence[str | Path], out_dir: str
         raise UserError(f"--tile {tile} must exceed twice the bundle's halo ({2 * info.halo} px)")
     check_out_dir(out_dir, inputs)
     paths, failures = expand_inputs(inputs)
+    beside = [p for p in paths if p.resolve().parent == out_dir.resolve()]
+    if beside:
+        raise UserError(f"{out_dir}: the output folder holds inputs ({beside[0].name}"
+                        f"{f' and {len(beside) - 1} more' if len(beside) > 1 else ''}); choose another --out "
+                        f"(outputs there would be read as inputs next time)")
     jobs, plan_failures = plan_jobs(paths, out_dir)
     failures += plan_failures
     if not jobs and not failures:
@@ -723,10 +768,13 @@ def predict_files(bundle: str | Path, inputs: Sequence[str | Path], out_dir: str
                  info.root, info.name, info.halo, tile_eff, sizes, runtime, precision, fmt)
         todo, results = [], []
         for src, dst in jobs:
-            if dst.exists() and not overwrite:
+            problem = output_problem(src, dst, info.scale) if dst.exists() and not overwrite else "absent"
+            if problem is None:
                 log.info("%s: %s exists, skipped", src, dst)
                 results.append(Result(str(src), str(dst), "skipped", "exists"))
             else:
+                if problem != "absent":
+                    log.warning("%s: replacing it, it is not a complete output of %s (%s)", dst, src, problem)
                 todo.append((src, dst))
         if todo:
             if scheduler:

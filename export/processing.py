@@ -69,14 +69,22 @@ def jdll_percentile(image: np.ndarray, percentile: float) -> float:
     return float(np.partition(flat, k)[k])
 
 
+def _ordinal(p: float) -> str:
+    """1 -> '1st', 99.8 -> '99.8th', 2 -> '2nd'."""
+    text = f"{p:g}"
+    if "." in text or p % 100 in (11, 12, 13):
+        return text + "th"
+    return text + {1: "st", 2: "nd", 3: "rd"}.get(int(p) % 10, "th")
+
+
 def percentile_range(image: np.ndarray, low: float, high: float) -> tuple[float, float]:
     """(lo, hi) of one whole image; raises :class:`NormalizationError` when they coincide (an
     image that is constant over more than ``high - low`` percent of its pixels)."""
     lo, hi = jdll_percentile(image, low), jdll_percentile(image, high)
     if not hi > lo:
         raise NormalizationError(
-            f"its {low:g}th and {high:g}th percentiles are equal ({lo:g}): the image is (nearly) constant, "
-            f"so percentile normalisation is undefined")
+            f"its {_ordinal(low)} and {_ordinal(high)} percentiles are equal ({lo:g}): the image is (nearly) "
+            f"constant, so percentile normalisation is undefined")
     return lo, hi
 
 

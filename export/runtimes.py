@@ -186,7 +186,8 @@ class OpenVinoRuntime:
         try:
             self.compiled = ov.Core().compile_model(str(self.path), "CPU", config)
         except Exception as exc:
-            raise UserError(f"{self.path}: OpenVINO cannot load it: {str(exc).splitlines()[0]}") from None
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.startswith("Exception from")]
+            raise UserError(f"{self.path}: OpenVINO cannot load it: {' '.join(lines)[:300] or type(exc).__name__}") from None
         self.request = self.compiled.create_infer_request()
         self.precision = precision
         self.name = f"OpenVINO {ov.__version__.split('-')[0]} (CPU, {precision})"

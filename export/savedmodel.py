@@ -27,6 +27,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from w2sr.errors import UserError
+from training.io import scratch_dir
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +304,7 @@ def export_savedmodel(model: Any, zip_path: str | Path, *, source: str | Path = 
     stripped = strip_default_attrs(graph_def)
     ops = check_graph_ops(graph_def, source)
     n_weights = count_constant_values(graph_def)
-    with tempfile.TemporaryDirectory(prefix="w2sr-savedmodel-") as tmp:
+    with scratch_dir("savedmodel") as tmp:
         sm_dir = write_frozen_savedmodel(graph_def, Path(tmp) / "savedmodel")
         # re-check what was actually written (the Builder may add nodes of its own)
         written = load_graph_def(sm_dir)
@@ -330,7 +331,7 @@ class _Unzipped:
         if path.is_dir():
             self.dir = path
         elif zipfile.is_zipfile(path):
-            self._tmp = tempfile.TemporaryDirectory(prefix="w2sr-savedmodel-")
+            self._tmp = scratch_dir("savedmodel")
             with zipfile.ZipFile(path) as zf:
                 zf.extractall(self._tmp.name)
             self.dir = Path(self._tmp.name)

@@ -28,7 +28,6 @@ import logging
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -41,6 +40,7 @@ import yaml
 from export.bundle_info import sha256_file
 from export.proc import die_with_parent
 from w2sr.errors import UserError
+from training.io import scratch_dir
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def run_bioimageio_test(source: Path, weight_format: str = "all", timeout: int =
                         format_version: str = "discover") -> list[dict]:
     """``bioimageio test SOURCE`` in a temporary working folder; one dict per weight format tested."""
     source = Path(source).resolve()
-    with tempfile.TemporaryDirectory(prefix="w2sr-bioimageio-") as tmp:
+    with scratch_dir("bioimageio") as tmp:
         summary_path = Path(tmp) / "summary.json"
         cmd = [sys.executable, "-m", "bioimageio.core", "test", str(source),
                "--weight-format", weight_format, "--summary", str(summary_path),

@@ -541,6 +541,9 @@ class Case:
             rc = " -> ".join("T" if x.timed_out else ("K" if x.killed else str(x.rc)) for x in self.procs)
         tb = any("Traceback (most recent call last)" in (x.err + x.out) for x in self.procs)
         msg = self.skipped or (pick_message(p) if p else "")
+        # paths in the table relative to the case folder (the details keep the exact stderr)
+        msg = msg.replace(str(self.d) + "/", "").replace(str(self.ctx.root) + "/", "")
+        self.notes = [n.replace(str(self.d) + "/", "").replace(str(self.ctx.root) + "/", "") for n in self.notes]
         stderr = "\n\n".join(f"$ {self.command_of(x)}\n[exit {x.rc}]\n{x.err.strip()}" for x in self.procs)
         return Row(self.name, self.command, rc, msg, tb, self.garbage, self.leftover_paths, self.modified,
                    self.notes, seconds, stderr)

@@ -174,3 +174,47 @@ def test_train_onto_a_read_only_disk_is_one_line(tmp_path, capsys, monkeypatch):
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in err
     assert "run: read-only file system" in errors[0] and "--resume" in errors[0]
+
+
+def test_an_empty_out_is_refused(tmp_path, image, capsys):
+    b = write_bundle(tmp_path / "bundle")
+    assert cli(["predict", str(b), str(image), "--out", ""]) == 2
+    assert "--out is empty" in one_error_line(capsys)
+
+
+def test_a_negative_halo_in_the_rdf_is_named_when_the_bundle_is_read(tmp_path, image, capsys):
+    b = write_bundle(tmp_path / "bundle")
+    doc = yaml.safe_load((b / "rdf.yaml").read_text())
+    doc["outputs"][0]["halo"] = [0, -5, -5, 0]
+    (b / "rdf.yaml").write_text(yaml.safe_dump(doc))
+    assert cli(["predict", str(b), str(image), "--out", str(tmp_path / "out")]) == 2
+    line = one_error_line(capsys)
+    assert str(b / "rdf.yaml") in line and "output halo -5" in line
+
+
+def test_usage_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli(["predict", "b", "a.tif", "--out", "x", "--format", "jpeg"])
+    assert stop.value.code == 2
+    line = one_error_line(capsys)
+    assert "w2sr predict: argument --format: invalid choice: 'jpeg'" in line and "--help" in line
+
+
+def test_validation_errors_carry_no_pydantic_boilerplate(tmp_path, capsys):
+    assert cli(["simulate", "--out", str(tmp_path / "sim"), "--n-fovs", "0"]) == 2
+    line = one_error_line(capsys)
+    assert "n_fovs: Input should be greater than or equal to 2" in line and "pydantic" not in line
+
+
+def test_outputs_beyond_classic_tiffs_4_gib_are_written_as_bigtiff(tmp_path, image, monkeypatch, caplog):
+    import logging
+
+    from export import predict
+
+    b = write_bundle(tmp_path / "bundle")
+    monkeypatch.setattr(predict, "CLASSIC_TIFF_LIMIT", 1000)  # a 40x40 input stands for a huge one
+    with caplog.at_level(logging.WARNING, logger="w2sr.predict"):
+        assert cli(["predict", str(b), str(image), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    with tifffile.TiffFile(tmp_path / "out" / "a_sr.tif") as tif:
+        assert tif.is_bigtiff and tif.asarray().shape == (80, 80)
+    assert "beyond classic TIFF's 4 GiB: writing a BigTIFF" in caplog.text

@@ -119,3 +119,25 @@ def test_subprocesses_die_with_their_parent(tmp_path):
         time.sleep(0.1)
     os.kill(child, signal.SIGKILL)
     pytest.fail("the child outlived its killed parent")
+
+
+def test_scratch_folders_of_killed_runs_are_removed_from_the_temp_folder_by_the_next_command(tmp_path, monkeypatch):
+    """SavedModel unzips, bioimageio test copies and engine jobs live in the system's temp folder: a
+    kill -9 leaves them there; any next w2sr command removes those whose process is gone."""
+    import tempfile
+
+    from training.io import scratch_dir
+    from w2sr.cli import main as cli
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with scratch_dir("savedmodel") as mine:
+        assert Path(mine).parent == tmp_path and f"w2sr{os.getpid()}" in Path(mine).name
+    dead = tmp_path / f".w2sr-bioimageio.scratch.w2sr{dead_pid()}-k3j2"
+    (dead / "bundle").mkdir(parents=True)
+    running = scratch_dir("engines")  # this process's own, in use: kept
+    alive = Path(running.name)
+    other = tmp_path / "w2sr-not-ours"
+    other.mkdir()
+    assert cli(["check-data", str(tmp_path / "no-such-data")]) == 2
+    assert not dead.exists() and alive.exists() and other.exists()
+    running.cleanup()

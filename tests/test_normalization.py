@@ -125,7 +125,7 @@ def test_a_constant_image_is_refused_in_one_line_and_deepimagej_gives_finite_num
     assert cli(["predict", str(bundle), str(tmp_path / "flat.tif"), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert f"{tmp_path / 'flat.tif'}: its 1th and 99.8th percentiles are equal (500)" in err
+    assert f"{tmp_path / 'flat.tif'}: its 1st and 99.8th percentiles are equal (500)" in err
     assert not (tmp_path / "out" / "flat_sr.tif").exists()
     with pytest.raises(NormalizationError):
         Normalization().input(flat)

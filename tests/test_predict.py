@@ -180,13 +180,24 @@ def test_resume_skips_existing_outputs_and_overwrite_replaces(bundle, tmp_path, 
     out = tmp_path / "out"
     assert run_cli(bundle, src, "--out", out) == 0
     first = sha(out / "im1_sr.tif")
-    (out / "im0_sr.tif").write_bytes(b"kept: not recomputed")
+    tifffile.imwrite(out / "im0_sr.tif", np.zeros((64, 64), np.float32))  # a finished output: kept
+    kept = sha(out / "im0_sr.tif")
     (out / "im1_sr.tif").unlink()
     with caplog.at_level(logging.INFO, logger="w2sr.predict"):
         assert run_cli(bundle, src, "--out", out) == 0
-    assert (out / "im0_sr.tif").read_bytes() == b"kept: not recomputed"
+    assert sha(out / "im0_sr.tif") == kept
     assert sha(out / "im1_sr.tif") == first
     assert "summary: 1 written, 1 skipped" in caplog.text
+    # an output that is not a finished one (empty, cut short, wrong size) is predicted again
+    for bad in (b"", b"II*\0 cut short", None):
+        if bad is None:
+            tifffile.imwrite(out / "im1_sr.tif", np.zeros((10, 10), np.float32))
+        else:
+            (out / "im1_sr.tif").write_bytes(bad)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="w2sr.predict"):
+            assert run_cli(bundle, src, "--out", out) == 0
+        assert sha(out / "im1_sr.tif") == first and "is not a complete output of" in caplog.text
     assert run_cli(bundle, src, "--out", out, "--overwrite") == 0
     assert tifffile.imread(out / "im0_sr.tif").shape == (64, 64)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
@@ -200,14 +211,17 @@ def test_inputs_are_never_overwritten(bundle, tmp_path, capsys):
     # the output folder may not be an input folder
     assert run_cli(bundle, src, "--out", src) == 2
     assert "output folder is an input folder" in capsys.readouterr().err
-    # an input that sits where an output would go is refused, even with --overwrite
+    # nor may it hold an input given as a file or through a glob, even with --overwrite: the next
+    # run would predict its outputs again (a_sr_sr.tif) and one of them would replace an input
     out = tmp_path / "out"
     out.mkdir()
     tifffile.imwrite(out / "a_sr.tif", image((32, 32), 9))
     victim = sha(out / "a_sr.tif")
-    assert run_cli(bundle, src / "a.tif", out / "a_sr.tif", "--out", out, "--overwrite") == 1
+    for given in ([src / "a.tif", out / "a_sr.tif"], [str(out / "*.tif")]):
+        assert run_cli(bundle, *given, "--out", out, "--overwrite") == 2
+        assert "the output folder holds inputs (a_sr.tif)" in capsys.readouterr().err
     assert sha(out / "a_sr.tif") == victim and sha(src / "a.tif") == before
-    assert (out / "a_sr_sr.tif").exists()  # the other input still ran
+    assert sorted(p.name for p in out.iterdir()) == ["a_sr.tif"]
 
 
 def _bad_files(d: Path) -> dict[str, str]:

@@ -5,7 +5,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from w2sr.errors import UserError
+from w2sr.errors import UserError, validation_message
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def _simulator_config(args):
     try:
         sim_cfg = SimulatorConfig.model_validate(base)
     except Exception as exc:
-        raise UserError("invalid simulation settings: " + " ".join(str(exc).split())) from None
+        raise UserError("invalid simulation settings: " + validation_message(exc)) from None
     return sim_cfg, Path(out or "data/simulated")
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from w2sr.errors import UserError
+from w2sr.errors import UserError, validation_message
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +123,7 @@ def apply_overrides(cfg, overrides: list[str]):
     try:
         return Config.model_validate(data)
     except Exception as exc:  # pydantic.ValidationError
-        first = str(exc).splitlines()
-        detail = " ".join(s.strip() for s in first[1:3]) if len(first) > 1 else str(exc)
-        raise UserError(f"--set: invalid value ({detail})") from None
+        raise UserError(f"--set: invalid value ({validation_message(exc)})") from None
 
 
 def load_train_config(config: str | None, run_dir: Path, resume: bool, overrides: list[str]):

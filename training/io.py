@@ -58,6 +58,17 @@ def sweep_stale(folder: Path, prefix: str = ".") -> list[Path]:
     return removed
 
 
+def scratch_dir(kind: str) -> tempfile.TemporaryDirectory:
+    """A temporary folder in the system's temp folder whose name carries this process, so that the
+    next run can remove it when this one was killed (:func:`sweep_scratch`)."""
+    return tempfile.TemporaryDirectory(prefix=temp_prefix(f"w2sr-{kind}", "scratch"))
+
+
+def sweep_scratch() -> list[Path]:
+    """Remove the :func:`scratch_dir` folders of killed runs (their process is gone)."""
+    return sweep_stale(Path(tempfile.gettempdir()), prefix=".w2sr-")
+
+
 def disk_problem(exc: BaseException) -> str | None:
     """What is wrong with the disk being written, when ``exc`` says so (None for other errors).
     tifffile reports a full disk as a short write ("N requested and M written"), without errno;

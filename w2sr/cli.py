@@ -23,8 +23,15 @@ COMMAND_MODULES = (
 )
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one ``error:`` line, like every other error of the CLI (exit code 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="w2sr",
         description=(
             "Joint denoising + 2x super-resolution of widefield fluorescence images (W2S, ESRGAN), "
@@ -67,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    from training.io import sweep_scratch
+
+    sweep_scratch()  # scratch folders that killed w2sr runs left in the system's temp folder
     try:
         result = args.handler(args)
     except KeyboardInterrupt:

@@ -7,3 +7,16 @@ class UserError(Exception):
 
 class DataError(UserError):
     """A data file or folder that training cannot use; the message names the file."""
+
+
+def validation_message(exc: Exception) -> str:
+    """One line from a pydantic ValidationError ("field.path: what is wrong; ..."), without pydantic's
+    type codes and documentation links; other exceptions give their own text on one line."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            return "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ())) or 'value'}: {e.get('msg')}"
+                             for e in errors())
+        except Exception:  # noqa: BLE001 - fall back to the plain text
+            pass
+    return " ".join(str(exc).split())
