@@ -232,12 +232,12 @@ def main(argv=None) -> int:
         rows.append(f"| {name}{' (' + auto_path + ')' if name == 'auto' else ''} | {s:.1f} | {rate:.0f} | "
                     f"{100 * rate / limits[dtype(p)]:.0f} % | {loss} |")
     m = result["machine"]
-    md = [f"# w2sr predict per inference path: full generator, 512 x 512", "",
+    md = ["# w2sr predict per inference path: full generator, 512 x 512", "",
           f"Machine: {m['cpu']}, {m['cpus_usable']} usable CPUs, {m['memory_gib']} GiB, load {m['load_average']}; "
           f"native bf16: {result['cpu_bf16'] or 'no'}; {args.threads} threads.", "",
           "GEMM limits (best of 10, 2048^3): " + ", ".join(f"{k} {v:,.0f} G{'OP' if k == 'int8' else 'FLOP'}/s"
-                                                          for k, v in limits.items()),
-          f"; the network: {result['tflop_per_512']} TFLOP per 512^2 input.", ""] + rows
+                                                          for k, v in limits.items())
+          + f"; the network: {result['tflop_per_512']} TFLOP per 512^2 input.", ""] + rows
     if accuracy:
         md += ["", f"Held-out accuracy: {args.demo} on {accuracy['n_images']} held-out FOVs, mean PSNR vs the SIM "
                    f"target: " + ", ".join(f"{k} {v:.3f} dB" for k, v in accuracy["psnr"].items())]
