@@ -351,7 +351,7 @@ def scale_range(x: np.ndarray, kwargs: dict, tensor_axes: str) -> np.ndarray:
     ``axes`` (one per combination of the others; all axes when ``axes`` is absent or covers them),
     then ``(x - lo) / (hi - lo + eps)`` in double, stored as float. ``reference_tensor`` is not
     supported by JDLL (it only prints so): refused here, since the result would not be the rdf's."""
-    from export.processing import jdll_percentile
+    from export.processing import jdll_percentiles
 
     if kwargs.get("reference_tensor") is not None:
         raise JdllError("scale_range with reference_tensor: JDLL still does not support this processing")
@@ -362,7 +362,7 @@ def scale_range(x: np.ndarray, kwargs: dict, tensor_axes: str) -> np.ndarray:
     selected = "" if axes is None else "".join(a for a in tensor_axes if a.lower() not in axes.lower())
 
     def scale(block: np.ndarray) -> np.ndarray:
-        lo, hi = jdll_percentile(block, low), jdll_percentile(block, high)
+        lo, hi = jdll_percentiles(block, [low, high])
         return ((block.astype(np.float64) - lo) / (hi - lo + eps)).astype(np.float32)
 
     if axes is None or selected == "" or len(selected) == len(tensor_axes):

@@ -60,13 +60,19 @@ class NormalizationError(ValueError):
     """An image that the normalisation cannot scale (its percentiles coincide)."""
 
 
-def jdll_percentile(image: np.ndarray, percentile: float) -> float:
-    """JDLL 0.6.1's percentile of the whole image: ``sorted[int(N * (p / 100))]``, clamped to the last
-    element, on the float32 copy JDLL makes of the image (no interpolation, unlike numpy's default)."""
-    flat = np.asarray(image, np.float32).ravel()
+def jdll_percentiles(image: np.ndarray, percentiles) -> list[float]:
+    """JDLL 0.6.1's percentiles of the whole image: ``sorted[int(N * (p / 100))]``, clamped to the last
+    element, on the float32 copy JDLL makes of the image (no interpolation, unlike numpy's default).
+    One float32 copy of the image, partitioned in place (not sorted) for all of them at once."""
+    flat = np.array(image, np.float32).ravel()
     n = flat.size
-    k = min(int(n * (float(percentile) / 100.0)), n - 1)
-    return float(np.partition(flat, k)[k])
+    ks = [min(int(n * (float(p) / 100.0)), n - 1) for p in percentiles]
+    flat.partition(sorted(set(ks)))
+    return [float(flat[k]) for k in ks]
+
+
+def jdll_percentile(image: np.ndarray, percentile: float) -> float:
+    return jdll_percentiles(image, [percentile])[0]
 
 
 def _ordinal(p: float) -> str:
@@ -80,7 +86,7 @@ def _ordinal(p: float) -> str:
 def percentile_range(image: np.ndarray, low: float, high: float) -> tuple[float, float]:
     """(lo, hi) of one whole image; raises :class:`NormalizationError` when they coincide (an
     image that is constant over more than ``high - low`` percent of its pixels)."""
-    lo, hi = jdll_percentile(image, low), jdll_percentile(image, high)
+    lo, hi = jdll_percentiles(image, [low, high])
     if not hi > lo:
         raise NormalizationError(
             f"its {_ordinal(low)} and {_ordinal(high)} percentiles are equal ({lo:g}): the image is (nearly) "
