@@ -33,8 +33,6 @@ from w2sr.errors import UserError
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-FIJI_MACROS_DIR = PROJECT_ROOT / "fiji_macros"
 MARKER_KEY = "w2sr"  # config.w2sr in rdf.yaml marks a bundle this exporter wrote
 #: files the rdf names or that belong to the bundle (anything else in a staged folder is a bug)
 SCALE = 2
@@ -88,6 +86,18 @@ def resolve_source(source: str | Path, config: Optional[str | Path] = None) -> R
         raise UserError(f"{config_path}: normalization is not resolved (fixed mode: input_mean/input_std/"
                         f"target_mean/target_std must be numbers; use the run's config.yaml written by training)")
     return RunSource(keras_path=keras_path, config_path=config_path, run_dir=run_dir, cfg=cfg)
+
+
+def fiji_macros() -> list[Path]:
+    """The Fiji macros every bundle carries: package data of ``fiji_macros``, so a non-editable
+    install has them too. Missing macros are an installation defect, not an option."""
+    from importlib.resources import files
+
+    root = files("fiji_macros")
+    macros = sorted(Path(str(p)) for p in root.iterdir() if p.name.endswith(".ijm"))
+    if not macros:
+        raise UserError(f"{root}: the installed w2sr has no Fiji macros (fiji_macros/*.ijm); reinstall it")
+    return macros
 
 
 def is_our_bundle(path: Path) -> bool:
@@ -574,13 +584,10 @@ def export_bundle(source: str | Path, out: str | Path, *, config: Optional[str |
         pre_txt, post_txt = deepimagej_macros(maths)
         (stage / PRE_MACRO).write_text(pre_txt)
         (stage / POST_MACRO).write_text(post_txt)
-        macros = sorted(FIJI_MACROS_DIR.glob("*.ijm")) if FIJI_MACROS_DIR.is_dir() else []
-        if macros:
-            (stage / "fiji_macros").mkdir()
-            for m in macros:
-                shutil.copy2(m, stage / "fiji_macros" / m.name)
-        else:
-            log.info("no Fiji macros in %s yet; the bundle carries none", FIJI_MACROS_DIR)
+        macros = fiji_macros()
+        (stage / "fiji_macros").mkdir()
+        for m in macros:
+            shutil.copy2(m, stage / "fiji_macros" / m.name)
 
         # 4. timing and memory of the SavedModel on the test image (fresh process) -----------
         memory_peak = runtime_s = None
