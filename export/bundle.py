@@ -29,6 +29,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import yaml
 
+from export.contract import zoo_close
 from w2sr.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -270,7 +271,6 @@ class HaloMeasurement:
 def _crop_check(predict: Callable, x: np.ndarray, ref: np.ndarray, post: Callable, h: int, core: int,
                 n_pos: int = 3) -> tuple[float, bool]:
     """Max diff between crops with ``h`` px of context and the whole-image output, at several places."""
-    from export.validate import zoo_close
 
     H, W = x.shape
     ys = np.unique(np.linspace(h, H - core - h, n_pos).astype(int))
@@ -294,7 +294,6 @@ def tiled_max_diff(predict: Callable, x: np.ndarray, ref: np.ndarray, post: Call
                    tile: int) -> tuple[float, bool]:
     """predict_tiled (export.tiling) with ``halo`` vs the whole-image output ``ref`` (postprocessed)."""
     from export.tiling import predict_tiled
-    from export.validate import zoo_close
 
     out = post(predict_tiled(predict, x, tile, halo, scale=SCALE))
     d, ok, _ = zoo_close(out, ref)
@@ -384,7 +383,6 @@ def deepimagej_max_diff(predict: Callable, x: np.ndarray, ref: np.ndarray, post:
     """DeepImageJ 3.1's tiling (``export.jdll``: tiles of ``tile`` px mirror-padded by ``halo``) of the
     normalised image ``x`` vs the whole-image output ``ref`` (postprocessed)."""
     from export import jdll
-    from export.validate import zoo_close
 
     axis = jdll.JdllAxis(min=tile, step=0, halo=halo, scale=float(SCALE), out_halo=SCALE * halo)
     model = jdll.JdllModel(axes="byxc", y=axis, x=axis, tiling=True, preprocessing=[], postprocessing=[])

@@ -5,6 +5,8 @@ import json
 import logging
 from pathlib import Path
 
+from export.contract import RULE
+
 log = logging.getLogger(__name__)
 
 ENGINE_KEYS = ("tf1.15", "tf2.7", "tf2.10", "ort1.13")  # mirrors export.engines.ENGINES (no TF import here)
@@ -22,7 +24,7 @@ def register(subparsers) -> None:
             "(tag 'serve', signature 'serving_default'); on TF 2.x the tf.saved_model.load path is "
             "also tried and shown as '(info)'. The rdf's preprocessing is applied to test_input.npy, "
             "the output postprocessed and compared with test_output.npy within the model zoo's "
-            "tolerance |a-b| <= 1.5e-4 + 1e-4|b|. Then the test input goes through DeepImageJ 3.1's "
+            f"tolerance {RULE}. Then the test input goes through DeepImageJ 3.1's "
             "path (JDLL 0.6.1's tiles, mirror-padded by the halo, one tile per call, stitched as JDLL "
             "does; rows '<loader>+deepimagej' with the engine process's peak memory)."
         ),

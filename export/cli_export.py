@@ -9,6 +9,8 @@ import json
 import logging
 from pathlib import Path
 
+from export.contract import RULE
+
 log = logging.getLogger(__name__)
 
 
@@ -100,7 +102,7 @@ def register(subparsers) -> None:
             "      tiled (rdf halo) vs whole image; GPU rows are shown as skipped when there is no GPU\n"
             "  (c) odd sizes and 8/16-bit inputs through the bundle path vs Keras on the whole image\n"
             "  (d) every file against the sha256 listed in rdf.yaml; the layout of the Fiji zip\n"
-            "All comparisons use the zoo tolerance |a-b| <= 1.5e-4 + 1e-4|b| on postprocessed outputs."
+            f"All comparisons use the zoo tolerance {RULE} on postprocessed outputs."
         ),
         epilog="Exit status: 0 all checks passed, 1 a check failed, 2 not a bundle.",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -47,13 +47,10 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from export.proc import die_with_parent
+from export.contract import RULE, zoo_close
 from training.io import scratch_dir
 
 log = logging.getLogger(__name__)
-
-#: the zoo's per-pixel tolerance for reproducing test outputs
-ATOL = 1.5e-4
-RTOL = 1e-4
 
 SCRIPTS_DIR = Path(__file__).parent / "engine_scripts"
 MARKER = ".w2sr-engine.json"
@@ -368,18 +365,6 @@ class _Bundle:
     rdf_doc: dict = field(default_factory=dict)
 
 
-def within_tolerance(actual: np.ndarray, expected: np.ndarray) -> tuple[float, bool, int]:
-    """Zoo check: every pixel within ``1.5e-4 + 1e-4 * |expected|``. Returns (max |diff|, ok, n bad)."""
-    a = np.asarray(actual, np.float64)
-    b = np.asarray(expected, np.float64)
-    diff = np.abs(a - b)
-    bad = ~(diff <= ATOL + RTOL * np.abs(b))  # NaN counts as bad
-    max_diff = float(np.nanmax(diff)) if np.isfinite(diff).any() else float("nan")
-    if not np.isfinite(diff).all():
-        max_diff = float("inf")
-    return max_diff, not bool(bad.any()), int(bad.sum())
-
-
 @contextlib.contextmanager
 def _open_bundle(path: Path) -> Iterator[Path]:
     """A bundle folder, its rdf.yaml, or a zipped bundle (as DeepImageJ's installer gets it)."""
@@ -571,11 +556,11 @@ def _check_one(engine: Engine, bundle: _Bundle, x_path: Path, expected: np.ndarr
                 reasons.append(f"output shape {y.shape} != test_output {expected.shape}")
                 row.within_tolerance = False
             else:
-                row.max_abs_diff, row.within_tolerance, n_bad = within_tolerance(y, expected)
+                row.max_abs_diff, row.within_tolerance, n_bad = zoo_close(y, expected)
                 if row.within_tolerance:
                     row.status = "passed"
                 else:
-                    reasons.append(f"{n_bad} of {expected.size} pixels outside 1.5e-4 + 1e-4|expected|")
+                    reasons.append(f"{n_bad} of {expected.size} pixels outside {RULE}")
         else:
             reasons.append(entry.get("error", "did not run"))
         if res.get("version") != engine.version:

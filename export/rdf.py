@@ -32,6 +32,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
+from export.contract import ATOL, RTOL
 from export.processing import EPS, Normalization
 from w2sr.errors import UserError
 
@@ -40,9 +41,6 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = "0.4.10"
 TENSORFLOW_VERSION = "1.15"
 ONNX_OPSET = 17
-#: the zoo's per-pixel tolerance for reproducing test outputs: |a - b| <= ATOL + RTOL * |b|
-ATOL = 1.5e-4
-RTOL = 1e-4
 
 CITATIONS = [
     {"text": "Chatton M. Microscopy Image Restoration using Deep Learning on W2S. "

@@ -38,29 +38,14 @@ import numpy as np
 import yaml
 
 from export.bundle_info import sha256_file
+from export.contract import ATOL, RTOL, RULE, zoo_close
 from export.proc import die_with_parent
 from w2sr.errors import UserError
 from training.io import scratch_dir
 
 log = logging.getLogger(__name__)
 
-ATOL = 1.5e-4
-RTOL = 1e-4
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
-
-
-def zoo_close(actual: np.ndarray, expected: np.ndarray) -> tuple[float, bool, int]:
-    """(max |a-b|, every pixel within 1.5e-4 + 1e-4|b|, number of pixels outside). NaN fails."""
-    a = np.asarray(actual, np.float64)
-    b = np.asarray(expected, np.float64)
-    if a.shape != b.shape:
-        return float("inf"), False, int(max(a.size, b.size))
-    diff = np.abs(a - b)
-    bad = ~(diff <= ATOL + RTOL * np.abs(b))
-    max_diff = float(np.max(diff)) if np.isfinite(diff).all() else float("inf")
-    return max_diff, not bool(bad.any()), int(bad.sum())
-
-
 
 
 @dataclass
@@ -605,7 +590,7 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
 
 def format_report(report: ValidationReport) -> str:
     parts = [f"Validation of `{report.bundle}`: **{'PASSED' if report.ok else 'FAILED'}** "
-             f"(tolerance |a-b| <= {ATOL:g} + {RTOL:g}|b| on postprocessed outputs; {report.seconds} s)", ""]
+             f"(tolerance {RULE} on postprocessed outputs; {report.seconds} s)", ""]
     if report.bioimageio:
         parts += ["### bioimageio test", "", _table(
             ["target", "weight format", "status", "details"],

@@ -18,7 +18,7 @@ import yaml
 from export import jdll
 from export_fixtures import exported_bundle, tiny_run  # noqa: F401
 
-ZOO_ATOL, ZOO_RTOL = 1.5e-4, 1e-4
+from export.contract import ATOL as ZOO_ATOL, RTOL as ZOO_RTOL  # noqa: E402
 
 
 def _doc(bundle) -> dict:

@@ -25,8 +25,8 @@ from export.engines import (
     ensure_engine_env,
     find_interpreter,
     format_table,
-    within_tolerance,
 )
+from export.contract import ATOL, RTOL, RULE, zoo_close
 
 pytestmark = pytest.mark.engines
 
@@ -252,7 +252,7 @@ def test_changed_test_output_is_caught(bundle, tmp_path):
     _env_or_skip("ort1.13")
     bad = _copy_bundle(bundle, tmp_path / "tampered")
     out = np.load(bad / "test_output.npy")
-    delta = 2 * (1.5e-4 + 1e-4 * abs(float(out[0, 3, 5, 0])))  # twice the zoo tolerance at that pixel
+    delta = 2 * (ATOL + RTOL * abs(float(out[0, 3, 5, 0])))  # twice the zoo tolerance at that pixel
     out[0, 3, 5, 0] += delta
     np.save(bad / "test_output.npy", out)
     (row,) = check_engines(bad, engines=["ort1.13"], deepimagej=False)
@@ -295,12 +295,13 @@ def test_zipped_deepimagej_package_is_checked_as_shipped(bundle):
         ("ort1.13", "ort_session", "passed"), ("ort1.13", "ort_session+deepimagej", "passed")], format_table(rows)
 
 
-def test_within_tolerance_is_the_zoo_rule():
+def test_zoo_close_is_the_zoo_rule():
     b = np.array([0.0, 10.0, -100.0], np.float32)
     ok = b + np.array([1.5e-4, 1.5e-4 + 1e-3, -(1.5e-4 + 1e-2)], np.float64) * 0.999
-    assert within_tolerance(ok, b)[1]
-    assert not within_tolerance(b + np.array([0, 0, 0.0102]), b)[1]
-    assert within_tolerance(np.array([np.nan, 0, 0]), np.zeros(3)) == (float("inf"), False, 1)
+    assert zoo_close(ok, b)[1]
+    assert not zoo_close(b + np.array([0, 0, 0.0102]), b)[1]
+    assert zoo_close(np.array([np.nan, 0, 0]), np.zeros(3)) == (float("inf"), False, 1)
+    assert RULE == f"|a-b| <= {ATOL:.1e} + {RTOL:.0e}|b|".replace("e-04", "e-4")
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ needs_imagej = pytest.mark.skipif(bool(_MISSING), reason="cannot run ImageJ here
                                   + " (scripts/install_system_deps.sh installs them)")
 imagej = [pytest.mark.imagej, needs_imagej]
 
-ZOO_ATOL, ZOO_RTOL = 1.5e-4, 1e-4
+from export.contract import ATOL as ZOO_ATOL, RTOL as ZOO_RTOL  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------
@@ -542,7 +542,7 @@ def test_batch_macro_pads_small_images_that_deepimagej_alone_gets_wrong(fiji_bun
     assert [p.name for p in alone.glob("*.tif")] == ["odd_output.tif"]  # tiny.tif: refused, no output
     shifted, *_ = read_tif(alone / "odd_output.tif")
     want = predictor(odd)
-    assert np.abs(shifted - want).max() > 20 * (1.5e-4 + 1e-4 * np.abs(want).max())  # JDLL's one-pixel shift
+    assert np.abs(shifted - want).max() > 20 * (ZOO_ATOL + ZOO_RTOL * np.abs(want).max())  # JDLL's one-pixel shift
     np.testing.assert_allclose(shifted[1:], want[:-1], atol=1e-3, rtol=1e-4)
 
     res = run_macro(BATCH, args(model=fiji_bundle, input=src, output=out))

@@ -15,14 +15,13 @@ import tifffile
 
 from export import jdll
 from export.bundle_info import read_bundle
+from export.contract import outside_tolerance
 from export.predict import Model, Settings
 from export.processing import Normalization, NormalizationError, jdll_percentile
 from export.runtimes import OnnxRuntime
 from predict_fixtures import write_bundle
 from w2sr.cli import main as cli
 
-#: the zoo's tolerance, as the bundle's checks apply it
-ATOL, RTOL = 1.5e-4, 1e-4
 
 
 def cells(shape=(96, 80), seed=0) -> np.ndarray:
@@ -81,7 +80,7 @@ def _deepimagej(bundle: Path, image: np.ndarray) -> np.ndarray:
 
 
 def _close(a: np.ndarray, b: np.ndarray, what: str) -> None:
-    bad = np.abs(a - b) > ATOL + RTOL * np.abs(b)
+    bad = outside_tolerance(a, b)
     assert not bad.any(), f"{what}: {int(bad.sum())} px outside the zoo tolerance, max diff {np.abs(a - b).max():.3g}"
 
 

@@ -20,6 +20,7 @@ import pytest
 import tifffile
 
 from export.bundle_info import read_bundle
+from export.contract import outside_tolerance
 from export.processing import postprocess, preprocess
 from export.tiling import predict_whole
 from predict_fixtures import write_bundle
@@ -51,7 +52,7 @@ def reference(bundle):
 
 
 def zoo_close(a, b) -> bool:
-    return bool((np.abs(a - b) <= 1.5e-4 + 1e-4 * np.abs(b)).all())
+    return not outside_tolerance(a, b).any()
 
 
 def image(shape, seed=0, integer=False) -> np.ndarray:

@@ -1,0 +1,35 @@
+"""The bundle contract's numbers: the one definition of "the same output" used by the exporter, the
+validation, the engine check and the tests.
+
+The BioImage.IO model zoo accepts a reproduced output when every pixel satisfies
+``|a - b| <= ATOL + RTOL * |b|`` (``b`` the stored test output); the rdf writes these numbers into
+``config.bioimageio.reproducibility_tolerance``. NaN or Inf anywhere fails.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+#: the zoo's per-pixel tolerance for reproducing test outputs: |a - b| <= ATOL + RTOL * |b|
+ATOL = 1.5e-4
+RTOL = 1e-4
+#: the rule as people read it (help texts, reports); tests/test_engines.py checks it against the numbers
+RULE = "|a-b| <= 1.5e-4 + 1e-4|b|"
+
+
+def outside_tolerance(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """Boolean mask of the pixels that break the zoo rule (NaN and Inf break it)."""
+    a = np.asarray(actual, np.float64)
+    b = np.asarray(expected, np.float64)
+    return ~(np.abs(a - b) <= ATOL + RTOL * np.abs(b))
+
+
+def zoo_close(actual: np.ndarray, expected: np.ndarray) -> tuple[float, bool, int]:
+    """(max |a-b| (inf when not finite), every pixel within the rule, number of pixels outside it)."""
+    a = np.asarray(actual, np.float64)
+    b = np.asarray(expected, np.float64)
+    if a.shape != b.shape:
+        return float("inf"), False, int(max(a.size, b.size))
+    diff = np.abs(a - b)
+    bad = outside_tolerance(a, b)
+    max_diff = float(np.max(diff)) if diff.size and np.isfinite(diff).all() else (0.0 if not diff.size else float("inf"))
+    return max_diff, not bool(bad.any()), int(bad.sum())
