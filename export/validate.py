@@ -566,14 +566,11 @@ def validate_bundle(path: str | Path, *, keras_path: Optional[Path] = None, bioi
         report.bioimageio += tests
 
     if engines:
-        try:
-            from export import engines as engines_mod
-        except ImportError:
-            report.notes.append("export.engines not available: old-runtime check not run")
-        else:
-            selected = None if engines is True else list(engines)
-            progress("(e) old runtimes DeepImageJ embeds (export.engines)")
-            report.engines = [r.to_dict() for r in engines_mod.check_engines(root, selected)]
+        from export import engines as engines_mod
+
+        selected = None if engines is True else list(engines)
+        progress("(e) old runtimes DeepImageJ embeds (export.engines)")
+        report.engines = [r.to_dict() for r in engines_mod.check_engines(root, selected)]
     report.seconds = round(time.perf_counter() - t0, 1)
     return report
 

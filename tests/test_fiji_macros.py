@@ -108,13 +108,9 @@ def fiji_bundle(tmp_path_factory) -> Path:
     override = os.environ.get("W2SR_FIJI_TEST_BUNDLE")
     if override:
         return Path(override)
-    try:
-        from export.bundle import export_bundle
-    except ModuleNotFoundError as exc:
-        if exc.name == "export.bundle":
-            pytest.skip("export.bundle (the exporter) is not available")
-        raise
     import keras
+
+    from export.bundle import export_bundle
 
     from training.config import Config, dump_config
     from training.models import build_generator

@@ -15,7 +15,6 @@ import csv
 import io
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -306,10 +305,3 @@ def plot_loss_curves(rows: Sequence[dict], path: Path) -> Optional[np.ndarray]:
     fig.tight_layout()
     return _save_figure(fig, path)
 
-
-class Timer:
-    def __init__(self):
-        self.start = time.perf_counter()
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
