@@ -59,7 +59,7 @@ def runners(bundle: Path):
 
     from export import jdll
     from export.bundle_info import read_bundle
-    from export.predict import Model, Settings
+    from w2sr.predict.model import Model, Settings
     from export.runtimes import OnnxRuntime
 
     settings = Settings(bundle=str(bundle), progress=False)
@@ -87,7 +87,7 @@ def invariance(bundle: Path, image: np.ndarray) -> list[str]:
 
 
 def percentile_rows(name: str, image: np.ndarray, low: float, high: float) -> str:
-    from export.processing import jdll_percentile, scale_range
+    from w2sr.core.normalization import jdll_percentile, scale_range
 
     x = image.astype(np.float32)
     jl, jh = jdll_percentile(x, low), jdll_percentile(x, high)

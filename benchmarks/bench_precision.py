@@ -4,7 +4,7 @@ each path costs in accuracy. One run measures, in order:
 
 1. the machine's matrix-multiply limit per data type (2 threads unless ``--threads``; best of 10):
    fp32 and bf16 with OpenVINO (a 2048^2 MatMul), int8 with ONNX Runtime's MatMulInteger;
-2. every inference path (``export.inference_paths``: onnx-fp32, openvino-fp32, openvino-bf16 where
+2. every inference path (``w2sr.predict.paths``: onnx-fp32, openvino-fp32, openvino-bf16 where
    the CPU has native bf16, and what ``--runtime auto --precision auto`` picks) on the FULL generator
    (nb 23 / nf 64 / gc 32, random weights with non-zero biases so that convolution, bias and
    LeakyReLU fuse as in a trained model; exported once and cached in ``~/.cache/w2sr/bench``),
@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import machine  # noqa: E402
+from w2sr.core.cpu import cpu_flags, native_bf16  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "w2sr" / "bench"
 log = logging.getLogger("bench_precision")
@@ -143,7 +144,7 @@ def full_bundle() -> Path:
 
 
 def make_model(bundle: Path, runtime: str, precision: str, threads: int):
-    from export.predict import Model, Settings
+    from w2sr.predict.model import Model, Settings
 
     settings = Settings(bundle=str(bundle), runtime=runtime, precision=precision, threads=threads, progress=False)
     return Model.load(settings), settings
@@ -196,10 +197,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, help="write .md and .json here (path without suffix)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    from export import inference_paths as ip
-
     result = {"machine": machine.describe_machine("numpy", "onnxruntime", "openvino", "tensorflow"),
-              "cpu_bf16": ip.native_bf16(ip.cpu_flags()), "threads": args.threads}
+              "cpu_bf16": native_bf16(cpu_flags()), "threads": args.threads}
     log.info("GEMM limits ...")
     limits = result["limits_gops"] = gemm_limits(args.threads)
     bundle = full_bundle()

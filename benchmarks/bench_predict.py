@@ -3,7 +3,7 @@
 
 Each (model, runtime, size) is measured in a fresh subprocess so that its peak RSS (``VmHWM``)
 belongs to that measurement alone. In the subprocess: write a random uint16 TIFF of size x size,
-load the bundle, then predict the file ``--repeats`` times through ``export.predict.predict_file``
+load the bundle, then predict the file ``--repeats`` times through ``w2sr.predict.job.predict_file``
 (read + normalise + tiles + stitch + atomic TIFF write: what a user waits for). Reported: median
 seconds per image, seconds per input megapixel, peak RSS, RSS after loading the model, tiles per
 image, and how the time grows from one size to the next (4x the pixels each step).
@@ -58,7 +58,8 @@ def child(args: argparse.Namespace) -> None:
     import numpy as np
     import tifffile
 
-    from export.predict import Model, Settings, predict_file
+    from w2sr.predict.job import predict_file
+    from w2sr.predict.model import Model, Settings
     from export.tiling import balanced_tile, count_tiles
 
     work = Path(args.workdir)

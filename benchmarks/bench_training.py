@@ -39,8 +39,7 @@ def worker(args: argparse.Namespace) -> None:
     import numpy as np
     import tensorflow as tf
 
-    from training.cli_train import apply_overrides, resolve_config_path
-    from training.config import load_config
+    from training.config import apply_overrides, load_config, resolve_config_path
     from training.strategy import make_strategy
     from training.train import Trainer
 
@@ -166,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
           f"LR patches 64x64 -> 128x128")
     print(table(results))
     if args.out:
-        from training.io import atomic_write_text
+        from w2sr.core.files import atomic_write_text
 
         atomic_write_text(args.out, json.dumps({"machine": info, "results": results}, indent=2) + "\n")
         print(f"\nwritten: {args.out}")

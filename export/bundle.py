@@ -2,7 +2,7 @@
 
 Everything is built in a staging folder beside ``out``, validated (``bioimageio test`` of every
 weight format, parity matrix, odd sizes, halo), documented, packaged, and only then moved into
-place (``training.io.atomic_replace_dir``). A failure anywhere leaves ``out`` as it was. An existing
+place (``w2sr.core.files.atomic_replace_dir``). A failure anywhere leaves ``out`` as it was. An existing
 ``out`` is replaced only if it is a bundle this exporter wrote (rdf.yaml with ``config.w2sr``): of
 the same model name (an update), or of another with ``force``. Any other non-empty folder is refused.
 
@@ -29,8 +29,8 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import yaml
 
-from export.contract import zoo_close
-from w2sr.errors import UserError
+from w2sr.core.contract import zoo_close
+from w2sr.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +77,7 @@ def resolve_source(source: str | Path, config: Optional[str | Path] = None) -> R
     if not config_path.is_file():
         raise UserError(f"{config_path}: config not found (the resolved training config.yaml holds "
                         f"the normalisation; pass --config)")
-    try:
-        cfg = load_config(config_path)
-    except (ValueError, FileNotFoundError) as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and "errors.pydantic.dev" not in ln]
-        raise UserError(" ".join(lines) if lines else f"{config_path}: invalid config") from None
+    cfg = load_config(config_path)
     norm = cfg.normalization
     if not norm.resolved:
         raise UserError(f"{config_path}: normalization is not resolved (fixed mode: input_mean/input_std/"
@@ -145,31 +141,6 @@ def safe_name(name: str) -> str:
 # images: sample, cover
 
 
-def read_image_2d(path: Path) -> np.ndarray:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: sample image not found")
-    try:
-        if path.suffix.lower() == ".npy":
-            arr = np.load(path)
-        elif path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            arr = tifffile.imread(path)
-        else:
-            import imageio.v3 as iio
-
-            arr = iio.imread(path)
-    except Exception as exc:
-        raise UserError(f"{path}: cannot read the image: {exc}") from None
-    arr = np.squeeze(np.asarray(arr))
-    if arr.ndim != 2:
-        raise UserError(f"{path}: expected a single-channel 2D image, got shape {arr.shape}")
-    if not np.isfinite(arr.astype(np.float32)).all():
-        raise UserError(f"{path}: image holds NaN or Inf")
-    return arr.astype(np.float32)
-
-
 def _synthetic_sample(size: int, mean: Optional[float], std: Optional[float], seed: int = 0) -> np.ndarray:
     """A W2S-like widefield image from the simulator, rescaled to the training statistics (fixed
     mode), or left in the simulator's camera counts (percentile mode: ``mean`` None)."""
@@ -194,6 +165,8 @@ def sample_image(src: RunSource, sample: Optional[Path], size: int) -> tuple[np.
     """The image used for test tensors, cover and halo: given, else a test FOV of the run's data,
     else a simulated one (with the run's input statistics)."""
     if sample is not None:
+        from w2sr.core.images import read_image_2d
+
         return read_image_2d(sample), str(sample)
     cfg = src.cfg
     roots = [Path(cfg.data.root), src.run_dir / cfg.data.root, src.run_dir.parent / cfg.data.root]
@@ -504,7 +477,7 @@ def export_bundle(source: str | Path, out: str | Path, *, config: Optional[str |
     from export.bundle_info import sha256_file
     from export.validate import (check_deepimagej_zip, format_report, run_bioimageio_test,
                                  validate_bundle, write_report)
-    from training.io import atomic_replace_dir, disk_problem, recover_replaced_dir, sweep_stale, temp_prefix
+    from w2sr.core.files import atomic_replace_dir, disk_problem, recover_replaced_dir, sweep_stale, temp_prefix
 
     t_start = time.perf_counter()
     out = Path(out)

@@ -12,8 +12,8 @@ from typing import Optional
 
 import yaml
 
-from export.processing import Normalization
-from w2sr.errors import UserError
+from w2sr.core.normalization import Normalization
+from w2sr.core.errors import UserError
 
 
 @dataclass(frozen=True)

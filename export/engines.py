@@ -13,7 +13,7 @@ from ``export/engine_scripts/`` loads the bundle there the way JDLL does:
   the TF2 loader (``tf.saved_model.load``) is tried too and reported for information.
 * ONNX Runtime: a CPU session, fed by position.
 
-The rdf's preprocessing is applied to ``test_input.npy`` here with ``export.processing`` (the one
+The rdf's preprocessing is applied to ``test_input.npy`` here with ``w2sr.core.normalization`` (the one
 definition of the bundle's normalisation; DeepImageJ applies it in Java, outside the engine),
 the engine's raw output is postprocessed the same way and compared with ``test_output.npy`` within
 the model zoo's tolerance ``|a - b| <= 1.5e-4 + 1e-4 |b|``.
@@ -24,7 +24,7 @@ halo) here, the engine runs them one per call (so the process's peak memory is t
 and they are stitched and postprocessed as JDLL does (loader ``<loader>+deepimagej``).
 
 ``check_engines(bundle)`` returns one :class:`EngineResult` per engine and loader;
-``format_table`` prints them. ``w2sr check-engines`` (``export.cli_engines``) wraps both.
+``format_table`` prints them. ``w2sr check-engines`` (``w2sr.cli.engines``) wraps both.
 """
 from __future__ import annotations
 
@@ -47,8 +47,8 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from export.proc import die_with_parent
-from export.contract import RULE, zoo_close
-from training.io import scratch_dir
+from w2sr.core.contract import RULE, zoo_close
+from w2sr.core.files import scratch_dir
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +279,7 @@ def ensure_engine_env(engine: Union[str, Engine], cache_dir: Optional[Path] = No
                 "build_seconds": round(time.time() - t0, 1),
             }
             (staging / MARKER).write_text(json.dumps(marker, indent=2))
-            from training.io import atomic_replace_dir
+            from w2sr.core.files import atomic_replace_dir
 
             atomic_replace_dir(staging, env_dir)
         finally:
@@ -375,7 +375,7 @@ def _open_bundle(path: Path) -> Iterator[Path]:
                 zf.extractall(tmp)
             rdfs = sorted(Path(tmp).glob("rdf.yaml")) or sorted(Path(tmp).glob("*/rdf.yaml"))
             if not rdfs:
-                from w2sr.errors import UserError
+                from w2sr.core.errors import UserError
 
                 raise UserError(f"{path}: zip has no rdf.yaml at its root or one folder down")
             yield rdfs[0].parent
@@ -413,7 +413,7 @@ def _resolve(engines: Optional[Iterable[Union[str, Engine]]]) -> list[Engine]:
         elif e in ENGINES:
             out.append(ENGINES[e])
         else:
-            from w2sr.errors import UserError
+            from w2sr.core.errors import UserError
 
             raise UserError(f"unknown engine '{e}'; choose from {', '.join(ENGINES)}")
     return out
@@ -491,7 +491,7 @@ def _check_one(engine: Engine, bundle: _Bundle, x_path: Path, expected: np.ndarr
     if not Path(weights).exists():
         return [EngineResult(**base, loader="-", status="failed",
                              reason=f"the rdf names {weights.name} but the file is missing")]
-    from w2sr.errors import UserError
+    from w2sr.core.errors import UserError
 
     try:
         info.check_weights(weights)

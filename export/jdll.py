@@ -351,7 +351,7 @@ def scale_range(x: np.ndarray, kwargs: dict, tensor_axes: str) -> np.ndarray:
     ``axes`` (one per combination of the others; all axes when ``axes`` is absent or covers them),
     then ``(x - lo) / (hi - lo + eps)`` in double, stored as float. ``reference_tensor`` is not
     supported by JDLL (it only prints so): refused here, since the result would not be the rdf's."""
-    from export.processing import jdll_percentiles
+    from w2sr.core.normalization import jdll_percentiles
 
     if kwargs.get("reference_tensor") is not None:
         raise JdllError("scale_range with reference_tensor: JDLL still does not support this processing")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from w2sr.errors import UserError
+from w2sr.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def check_onnx(path_or_model: Any, source: str | Path = "weights.onnx") -> dict[
 def export_onnx(savedmodel: str | Path, out_path: str | Path, opset: int = OPSET) -> OnnxExport:
     """Convert the frozen SavedModel (folder or zip) to ``out_path`` (deterministic bytes)."""
     from export.savedmodel import load_graph_def
-    from training.io import atomic_write_bytes
+    from w2sr.core.files import atomic_write_bytes
 
     out_path = Path(out_path)
     graph_def = load_graph_def(savedmodel)

@@ -32,9 +32,9 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from export.contract import ATOL, RTOL
-from export.processing import EPS, Normalization
-from w2sr.errors import UserError
+from w2sr.core.contract import ATOL, RTOL
+from w2sr.core.normalization import EPS, Normalization
+from w2sr.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def build_rdf(p: RdfParams) -> dict:
 
 
 def write_rdf(doc: dict, path: Path) -> Path:
-    from training.io import atomic_write_text
+    from w2sr.core.files import atomic_write_text
 
     text = "# BioImage.IO model description (format 0.4.10), written by `w2sr export`.\n"
     text += yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100)
@@ -338,7 +338,7 @@ def deepimagej_macros(norm: Normalization) -> tuple[str, str]:
     if norm.percentile:
         lo, hi = _f(norm.low_percentile), _f(norm.high_percentile)
         pre = head.format("Preprocessing") + f"""// scale_range, per image: x -> (x - p{lo!r}) / (p{hi!r} - p{lo!r} + 1e-6), where pP is the sorted
-// pixel values' element int(N * P / 100) (JDLL's percentile, export/processing.py).
+// pixel values' element int(N * P / 100) (JDLL's percentile, w2sr/core/normalization.py).
 // Converted to 32-bit first: on 8/16-bit images ImageJ would round every step to integers.
 if (bitDepth() != 32) run("32-bit");
 w = getWidth(); h = getHeight(); n = w * h;

@@ -33,7 +33,7 @@ import numpy as np
 
 from export.proc import die_with_parent
 
-from w2sr.errors import UserError
+from w2sr.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from w2sr.errors import UserError
-from training.io import scratch_dir
+from w2sr.core.errors import UserError
+from w2sr.core.files import scratch_dir
 
 log = logging.getLogger(__name__)
 

@@ -38,10 +38,10 @@ import numpy as np
 import yaml
 
 from export.bundle_info import sha256_file
-from export.contract import ATOL, RTOL, RULE, zoo_close
+from w2sr.core.contract import ATOL, RTOL, RULE, zoo_close
 from export.proc import die_with_parent
-from w2sr.errors import UserError
-from training.io import scratch_dir
+from w2sr.core.errors import UserError
+from w2sr.core.files import scratch_dir
 
 log = logging.getLogger(__name__)
 
@@ -513,7 +513,7 @@ def percentile_definition_note(info: Any) -> str:
     """How far bioimageio.core's percentile (numpy ``linear``, interpolated) is from JDLL's (the one the
     bundle's test output and every w2sr consumer use) on the test input, and what that does to the
     output: the residual ``bioimageio test`` sees."""
-    from export.processing import InputMap
+    from w2sr.core.normalization import InputMap
     from export.runtimes import OnnxRuntime
 
     norm = info.normalization
@@ -630,7 +630,7 @@ def format_report(report: ValidationReport) -> str:
 
 
 def write_report(report: ValidationReport, folder: Path) -> tuple[Path, Path]:
-    from training.io import atomic_write_text
+    from w2sr.core.files import atomic_write_text
 
     folder = Path(folder)
     md = folder / "parity.md"

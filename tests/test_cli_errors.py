@@ -113,7 +113,7 @@ def test_a_full_disk_stops_the_batch_at_the_first_file_in_one_line(tmp_path, cap
             raise OSError(errno.ENOSPC, "No space left on device")
         raise OSError("262144 requested and 76712 written")
 
-    monkeypatch.setattr(tifffile, "imwrite", full_disk)  # export.predict imports it in its functions
+    monkeypatch.setattr(tifffile, "imwrite", full_disk)  # w2sr.predict.output imports it in its functions
     out = tmp_path / "out"
     assert cli(["predict", str(b), str(tmp_path / "a.tif"), str(tmp_path / "b.tif"), "--out", str(out),
                 "--no-progress"]) == 2
@@ -209,10 +209,10 @@ def test_validation_errors_carry_no_pydantic_boilerplate(tmp_path, capsys):
 def test_outputs_beyond_classic_tiffs_4_gib_are_written_as_bigtiff(tmp_path, image, monkeypatch, caplog):
     import logging
 
-    from export import predict
+    from w2sr.predict import output as predict_output
 
     b = write_bundle(tmp_path / "bundle")
-    monkeypatch.setattr(predict, "CLASSIC_TIFF_LIMIT", 1000)  # a 40x40 input stands for a huge one
+    monkeypatch.setattr(predict_output, "CLASSIC_TIFF_LIMIT", 1000)  # a 40x40 input stands for a huge one
     with caplog.at_level(logging.WARNING, logger="w2sr.predict"):
         assert cli(["predict", str(b), str(image), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
     with tifffile.TiffFile(tmp_path / "out" / "a_sr.tif") as tif:

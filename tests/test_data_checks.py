@@ -12,7 +12,7 @@ from training.data.checks import check_pairs, format_ranges
 from training.data.layouts import load_pairs
 from training.data.simulator import simulate_dataset
 from w2sr.cli import main
-from w2sr.errors import DataError
+from w2sr.core.errors import DataError
 
 
 @pytest.fixture(scope="module")

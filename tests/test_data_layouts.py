@@ -9,7 +9,7 @@ import pytest
 from training.config import DataConfig, SimulatorConfig
 from training.data.layouts import AVG_FRAMES, detect_layout, load_pairs, load_split
 from training.data.simulator import simulate_dataset
-from w2sr.errors import DataError
+from w2sr.core.errors import DataError
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.processing import postprocess, preprocess
+from w2sr.core.normalization import postprocess, preprocess
 from training.config import DataConfig, NormalizationConfig, SimulatorConfig
 from training.data.layouts import ImagePair, load_pairs
 from training.data.pipeline import (
@@ -20,7 +20,7 @@ from training.data.pipeline import (
     patch_index,
 )
 from training.data.simulator import simulate_dataset
-from w2sr.errors import DataError
+from w2sr.core.errors import DataError
 
 tf = pytest.importorskip("tensorflow", reason="the training pipeline is tf.data")
 

@@ -18,7 +18,7 @@ import yaml
 from export import jdll
 from export_fixtures import exported_bundle, tiny_run  # noqa: F401
 
-from export.contract import ATOL as ZOO_ATOL, RTOL as ZOO_RTOL  # noqa: E402
+from w2sr.core.contract import ATOL as ZOO_ATOL, RTOL as ZOO_RTOL  # noqa: E402
 
 
 def _doc(bundle) -> dict:
@@ -115,7 +115,7 @@ def test_zero_mean_unit_variance_kwargs_as_jdll_checks_them():
 def test_rdf_processing_is_what_jdll_and_bioimageio_accept(exported_bundle):
     """Percentile mode (the export): scale_range kwargs JDLL has setters for, no postprocessing.
     Fixed mode: one-element lists with axes xy, the only form JDLL's per-axis branch takes."""
-    from export.processing import Normalization
+    from w2sr.core.normalization import Normalization
     from export.rdf import input_processing, output_processing
 
     doc = _doc(exported_bundle)
@@ -190,7 +190,7 @@ def test_fiji_user_and_python_user_get_the_same_pixels(exported_bundle, shape):
     """Raw images of odd sizes: DeepImageJ through the batch macro's padding (and alone where JDLL
     does not shift), `w2sr predict`'s own tiling and whole-image inference agree on every pixel."""
     from export.bundle_info import read_bundle
-    from export.predict import Model, Settings
+    from w2sr.predict.model import Model, Settings
     from export.runtimes import OnnxRuntime
 
     info = read_bundle(exported_bundle)

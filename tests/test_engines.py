@@ -26,7 +26,7 @@ from export.engines import (
     find_interpreter,
     format_table,
 )
-from export.contract import ATOL, RTOL, RULE, zoo_close
+from w2sr.core.contract import ATOL, RTOL, RULE, zoo_close
 
 pytestmark = pytest.mark.engines
 

@@ -8,12 +8,12 @@ import pytest
 
 keras = pytest.importorskip("keras", reason="Keras 3 is a project dependency")
 
-from export.processing import Normalization, postprocess, preprocess  # noqa: E402
+from w2sr.core.normalization import Normalization, postprocess, preprocess  # noqa: E402
 from training import metrics  # noqa: E402
 from training.config import Config, GeneratorConfig, dump_config  # noqa: E402
 from training.evaluate import evaluate_run, format_table  # noqa: E402
 from training.models import build_generator  # noqa: E402
-from w2sr.errors import UserError  # noqa: E402
+from w2sr.core.errors import UserError  # noqa: E402
 
 NORM = dict(input_mean=100.0, input_std=20.0, target_mean=0.5, target_std=2.0)
 

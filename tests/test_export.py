@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from export_fixtures import NORM, exported_bundle, make_run, tiny_run  # noqa: F401
-from w2sr.errors import UserError
+from w2sr.core.errors import UserError
 
 EXPECTED_FILES = [
     "rdf.yaml", "tf_saved_model.zip", "weights.onnx", "test_input.npy", "test_output.npy",

@@ -41,7 +41,7 @@ needs_imagej = pytest.mark.skipif(bool(_MISSING), reason="cannot run ImageJ here
                                   + " (scripts/install_system_deps.sh installs them)")
 imagej = [pytest.mark.imagej, needs_imagej]
 
-from export.contract import ATOL as ZOO_ATOL, RTOL as ZOO_RTOL  # noqa: E402
+from w2sr.core.contract import ATOL as ZOO_ATOL, RTOL as ZOO_RTOL  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,7 +133,7 @@ def fiji_bundle(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def predictor(fiji_bundle):
     """The Python predictor on one 2D plane (float32 in, float32 out): what the macros must match."""
-    from export.predict import Model, Settings
+    from w2sr.predict.model import Model, Settings
 
     settings = Settings(bundle=str(fiji_bundle), runtime="onnx", progress=False)
     model = Model.load(settings)
@@ -184,7 +184,7 @@ def test_the_bundle_carries_these_macros(fiji_bundle):
 @pytest.mark.imagej
 @needs_imagej
 def test_deepimagej2_preprocessing_macro_is_the_bundles_normalisation(fiji_bundle, tmp_path):
-    """preprocessing.ijm (DeepImageJ 2.1) run by ImageJ on a 16-bit image == export.processing."""
+    """preprocessing.ijm (DeepImageJ 2.1) run by ImageJ on a 16-bit image == w2sr.core.normalization."""
     import tifffile
 
     from export.bundle_info import read_bundle
@@ -304,7 +304,7 @@ print("after missing input");
 @pytest.mark.imagej
 @needs_imagej
 def test_batch_macro_matches_the_python_predictor(fiji_bundle, predictor, tmp_path):
-    from export.predict import predict_files
+    from w2sr.predict.batch import predict_files
 
     src, out, py_out = tmp_path / "in", tmp_path / "sr", tmp_path / "py"
     images = write_inputs(src)

@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export import inference_paths as ip
+from w2sr.predict import paths as ip
+from w2sr.core.cpu import cpu_flags, native_bf16
 from export.bundle_info import read_bundle
-from export.contract import outside_tolerance
-from export.predict import load_path
+from w2sr.core.contract import outside_tolerance
+from w2sr.predict.model import load_path
 from predict_fixtures import write_bundle
-from w2sr.errors import UserError
+from w2sr.core.errors import UserError
 
 NO_BF16 = frozenset({"avx2", "avx512f", "fma"})
 AVX512_BF16 = NO_BF16 | {"avx512_bf16", "avx512_vnni"}
@@ -88,7 +89,7 @@ def test_the_guard_rejects_a_path_whose_output_is_off_and_says_so(bundle, tmp_pa
     def load(path):
         return OnnxRuntime(tmp_path / "broken.onnx") if path == "openvino-bf16" else load_path(info, path)
 
-    with caplog.at_level(logging.WARNING, logger="export.inference_paths"):
+    with caplog.at_level(logging.WARNING, logger="w2sr.predict.paths"):
         choice, rt = ip.choose(info, "auto", "auto", load, flags=AVX512_BF16)
     assert choice.path == "onnx-fp32" and choice.rejected[0][0] == "openvino-bf16"
     [line] = [r.getMessage() for r in caplog.records if "not using" in r.getMessage()]
@@ -96,12 +97,12 @@ def test_the_guard_rejects_a_path_whose_output_is_off_and_says_so(bundle, tmp_pa
     assert ip.guard(info, rt.predict) > 100  # the reference reproduces its own test output
 
 
-@pytest.mark.skipif(not ip.native_bf16(ip.cpu_flags()), reason="this CPU has no native bf16 (AVX512-BF16 / AMX)")
+@pytest.mark.skipif(not native_bf16(cpu_flags()), reason="this CPU has no native bf16 (AVX512-BF16 / AMX)")
 def test_bf16_passes_the_guard_here_and_the_verdict_is_cached(bundle, caplog):
     info = read_bundle(bundle)
     choice, _ = ip.choose(info, "auto", "auto", lambda p: load_path(info, p))
     assert choice.path == "openvino-bf16" and ip.GUARD_PSNR_DB <= choice.guard_db < 100
-    with caplog.at_level(logging.INFO, logger="export.inference_paths"):
+    with caplog.at_level(logging.INFO, logger="w2sr.predict.paths"):
         again, _ = ip.choose(info, "auto", "auto", lambda p: load_path(info, p))
     assert again.guard_db == choice.guard_db and not [r for r in caplog.records if "accuracy guard" in r.getMessage()]
 

@@ -16,7 +16,7 @@ import pytest
 import tifffile
 
 from predict_fixtures import write_bundle
-from training.io import atomic_path, recover_replaced_dir, sweep_stale, temp_prefix
+from w2sr.core.files import atomic_path, recover_replaced_dir, sweep_stale, temp_prefix
 from w2sr.cli import main as cli
 
 
@@ -72,7 +72,7 @@ def test_predict_sweeps_the_temporary_files_of_a_killed_run(tmp_path):
 def test_export_sweeps_dead_staging_folders_and_restores_a_half_swapped_bundle(tmp_path):
     """No model is needed to see it: the exporter tidies up before it reads the run."""
     from export.bundle import export_bundle
-    from w2sr.errors import UserError
+    from w2sr.core.errors import UserError
 
     dead = dead_pid()
     stale = tmp_path / f".bundle.staging.w2sr{dead}-abcd"
@@ -126,7 +126,7 @@ def test_scratch_folders_of_killed_runs_are_removed_from_the_temp_folder_by_the_
     kill -9 leaves them there; any next w2sr command removes those whose process is gone."""
     import tempfile
 
-    from training.io import scratch_dir
+    from w2sr.core.files import scratch_dir
     from w2sr.cli import main as cli
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))

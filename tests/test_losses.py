@@ -18,7 +18,7 @@ from keras import ops  # noqa: E402
 
 from training.config import LossConfig  # noqa: E402
 from training.losses import gan, perceptual, pixel  # noqa: E402
-from w2sr.errors import UserError  # noqa: E402
+from w2sr.core.errors import UserError  # noqa: E402
 
 
 def _sigmoid(z):

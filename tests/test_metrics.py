@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from export.processing import Normalization
+from w2sr.core.normalization import Normalization
 from training import metrics
 
 

@@ -9,7 +9,7 @@ keras = pytest.importorskip("keras", reason="Keras 3 is a project dependency")
 from training.config import DiscriminatorConfig, GeneratorConfig  # noqa: E402
 from training.models import build_discriminator, build_generator  # noqa: E402
 from training.models.registry import GENERATORS  # noqa: E402
-from w2sr.errors import UserError  # noqa: E402
+from w2sr.core.errors import UserError  # noqa: E402
 
 TINY = GeneratorConfig(nb=1, nf=8, gc=4)
 

@@ -15,9 +15,9 @@ import tifffile
 
 from export import jdll
 from export.bundle_info import read_bundle
-from export.contract import outside_tolerance
-from export.predict import Model, Settings
-from export.processing import Normalization, NormalizationError, jdll_percentile
+from w2sr.core.contract import outside_tolerance
+from w2sr.predict.model import Model, Settings
+from w2sr.core.normalization import Normalization, NormalizationError, jdll_percentile
 from export.runtimes import OnnxRuntime
 from predict_fixtures import write_bundle
 from w2sr.cli import main as cli
@@ -50,7 +50,7 @@ def test_percentile_is_jdlls_sorted_index_without_interpolation():
 
 
 def test_python_and_deepimagej_normalise_identically():
-    """export.processing (training, predict) and export.jdll (DeepImageJ's ScaleRange on b,y,x,c)."""
+    """w2sr.core.normalization (training, predict) and export.jdll (DeepImageJ's ScaleRange on b,y,x,c)."""
     img = cells()
     norm = Normalization(low_percentile=1.0, high_percentile=99.8)
     kwargs = {"mode": "per_sample", "axes": "xy", "min_percentile": 1.0, "max_percentile": 99.8, "eps": 1e-6}

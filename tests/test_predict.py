@@ -20,8 +20,8 @@ import pytest
 import tifffile
 
 from export.bundle_info import read_bundle
-from export.contract import outside_tolerance
-from export.processing import postprocess, preprocess
+from w2sr.core.contract import outside_tolerance
+from w2sr.core.normalization import postprocess, preprocess
 from export.tiling import predict_whole
 from predict_fixtures import write_bundle
 from w2sr.cli import main as cli
@@ -36,7 +36,7 @@ def bundle(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(bundle):
-    """raw 2D image -> expected float32 output, computed without export.predict."""
+    """raw 2D image -> expected float32 output, computed without w2sr.predict."""
     import onnxruntime as ort
 
     info = read_bundle(bundle)
@@ -324,7 +324,7 @@ def test_tensorflow_runtime_matches_onnx(tmp_path):
 def test_dask_two_worker_cluster_gives_the_local_outputs(bundle, tmp_path):
     from distributed import Client, LocalCluster
 
-    from export.predict import predict_files
+    from w2sr.predict.batch import predict_files
 
     src = tmp_path / "in"
     src.mkdir()
@@ -338,7 +338,7 @@ def test_dask_two_worker_cluster_gives_the_local_outputs(bundle, tmp_path):
         results = predict_files(bundle, [src], tmp_path / "dask", scheduler=cluster.scheduler_address,
                                 progress=False, tile=32)
         with Client(cluster) as client:
-            loaded = client.run(lambda: len(__import__("export.predict", fromlist=["x"])._MODEL_CACHE))
+            loaded = client.run(lambda: len(__import__("w2sr.predict.model", fromlist=["x"])._MODEL_CACHE))
     assert [r.status for r in results] == [r.status for r in local]
     assert {r.status for r in results} == {"written", "failed"}
     assert all(r.worker for r in results if r.status != "skipped")  # ran on the cluster
@@ -357,7 +357,7 @@ def test_dask_two_worker_cluster_gives_the_local_outputs(bundle, tmp_path):
 MEMORY_PROBE = textwrap.dedent("""
     import json, sys
     import numpy as np
-    from export.predict import predict_files
+    from w2sr.predict.batch import predict_files
     bundle, small, big, out, mode = sys.argv[1:]
     def peak():  # MiB; VmHWM because ru_maxrss starts at the parent's (pytest's) RSS after exec
         for line in open("/proc/self/status"):
@@ -370,8 +370,8 @@ MEMORY_PROBE = textwrap.dedent("""
         r = predict_files(bundle, [big], out, progress=False, tile=128)
         assert r[0].status == "written", r
     else:  # the model on the whole image at once, for comparison
-        from export.predict import cached_model, Settings
-        from export.processing import preprocess
+        from w2sr.predict.model import cached_model, Settings
+        from w2sr.core.normalization import preprocess
         m = cached_model(Settings(bundle))
         m.runtime.predict(preprocess(x, 100, 20)[None, :, :, None])
     print(json.dumps({"base": base, "peak": peak()}))

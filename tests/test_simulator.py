@@ -14,7 +14,7 @@ from training.data import simulator
 from training.data.layouts import load_pairs
 from training.data.simulator import simulate_dataset
 from w2sr.cli import main
-from w2sr.errors import UserError
+from w2sr.core.errors import UserError
 
 
 def _files(root):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from export.contract import outside_tolerance
+from w2sr.core.contract import outside_tolerance
 from export.tiling import (balanced_tile, canvas_shape, count_tiles, predict_tiled, predict_whole,
                            mirror_indices, tile_starts)
 from predict_fixtures import RF_RADIUS, write_tiny_onnx

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.cli_train import apply_overrides, parse_fovs, resolve_config_path
-from training.config import Config, PhaseConfig, load_config, packaged_config
-from w2sr.errors import UserError
+from w2sr.cli.train import parse_fovs
+from training.config import Config, PhaseConfig, apply_overrides, load_config, packaged_config, resolve_config_path
+from w2sr.core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -378,8 +378,7 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
     from pathlib import Path
-    from training.cli_train import apply_overrides
-    from training.config import load_config, packaged_config
+    from training.config import apply_overrides, load_config, packaged_config
     from training.strategy import make_strategy
     from training.train import Trainer, train
 

@@ -6,11 +6,16 @@ normalisation used at inference is exactly the one used in training.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from w2sr.core.errors import UserError, validation_message
+
+log = logging.getLogger(__name__)
 
 NOISE_LEVELS = (1, 2, 4, 8, 16, 400)
 
@@ -83,7 +88,7 @@ class DataConfig(_Strict):
 
 
 class NormalizationConfig(_Strict):
-    """How images are scaled for the network (the maths: ``export.processing.Normalization``).
+    """How images are scaled for the network (the maths: ``w2sr.core.normalization.Normalization``).
 
     ``percentile`` (default): every input by its own low/high percentiles, so camera offset and gain
     do not matter; outputs in normalised units. In the bundle: ``scale_range`` (per sample).
@@ -123,8 +128,8 @@ class NormalizationConfig(_Strict):
 
     @property
     def maths(self):
-        """The normalisation to apply (``export.processing.Normalization``)."""
-        from export.processing import Normalization
+        """The normalisation to apply (``w2sr.core.normalization.Normalization``)."""
+        from w2sr.core.normalization import Normalization
 
         return Normalization.of(self)
 
@@ -213,23 +218,23 @@ class Config(_Strict):
 
 
 def load_config(path: str | Path) -> Config:
-    """Read and validate a YAML config; errors name the file and the offending key."""
+    """Read and validate a YAML config; errors are one line naming the file and the offending key."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"config file not found: {path}") from None
+    except (FileNotFoundError, IsADirectoryError):
+        raise UserError(f"config file not found: {path}") from None
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+        raise UserError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
     try:
         return Config.model_validate(raw)
     except Exception as exc:  # pydantic.ValidationError, re-raised with the file name
-        raise ValueError(f"{path}: invalid configuration:\n{exc}") from None
+        raise UserError(f"{path}: invalid configuration: {validation_message(exc)}") from None
 
 
 def dump_config(cfg: Config, path: str | Path) -> None:
     """Write the config as YAML atomically (temp file + rename)."""
-    from training.io import atomic_write_text
+    from w2sr.core.files import atomic_write_text
 
     text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     atomic_write_text(Path(path), text)
@@ -242,3 +247,62 @@ def packaged_config(name: str) -> Path:
         available = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise FileNotFoundError(f"no packaged config '{name}'; available: {available}")
     return path
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A YAML path, or the name of a packaged config (demo, tiny, w2s)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        return path
+    try:
+        return packaged_config(name_or_path)
+    except FileNotFoundError as exc:
+        raise UserError(f"{exc} (or give a path to a .yaml file)") from None
+
+
+def apply_overrides(cfg, overrides: list[str]):
+    """Return a new validated Config with ``a.b.c=VALUE`` overrides (VALUE parsed as YAML)."""
+    if not overrides:
+        return cfg
+    data = cfg.model_dump(mode="json")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"--set expects KEY=VALUE, got '{item}'")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise UserError(f"--set {key}: '{raw}' is not a valid YAML value") from None
+        node = data
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node, dict) or part not in node:
+                raise UserError(f"--set {key}: unknown config key '{'.'.join(parts[: i + 1])}'")
+            if node[part] is None:  # e.g. data.simulate: null -> fill in a section
+                node[part] = {}
+            node = node[part]
+        if not isinstance(node, dict) or (parts[-1] not in node and node):
+            raise UserError(f"--set {key}: unknown config key '{key}'")
+        node[parts[-1]] = value
+    try:
+        return Config.model_validate(data)
+    except Exception as exc:  # pydantic.ValidationError
+        raise UserError(f"--set: invalid value ({validation_message(exc)})") from None
+
+
+def load_train_config(config: str | None, run_dir: Path, resume: bool, overrides: list[str]) -> Config:
+    """The config of ``w2sr train``: ``--config`` (a name or a path; default: the run's own config on
+    resume, else the demo), then the ``--set`` overrides."""
+    if config is None:
+        saved = run_dir / "config.yaml"
+        path = saved if resume and saved.exists() else resolve_config_path("demo")
+        if resume and saved.exists():
+            log.info("using the run's own config %s", saved)
+        else:
+            log.info("no --config given: using the packaged demo config")
+    else:
+        path = resolve_config_path(config)
+    return apply_overrides(load_config(path), overrides)

@@ -1,6 +1,6 @@
 """Evaluate a trained run on whole test images: PSNR/SSIM of the model and of bicubic vs SIM.
 
-Each test image goes through exactly the bundle's path (``export/processing.py``):
+Each test image goes through exactly the bundle's path (``w2sr/core/normalization.py``):
 raw LR -> input normalisation -> generator -> output map, and is compared with its SIM target in the
 output units (``Normalization.reference``: SIM counts in fixed mode, the target scaled by its own
 percentiles in percentile mode), data range = the target's range (``training/metrics.py``).
@@ -17,11 +17,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from export.processing import Normalization, NormalizationError
+from w2sr.core.normalization import Normalization, NormalizationError
 from training import metrics
 from training.config import load_config
-from training.io import atomic_write_text
-from w2sr.errors import UserError
+from w2sr.core.files import atomic_write_text
+from w2sr.core.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +37,7 @@ def load_run(run_dir: Path):
         raise UserError(f"run folder not found: {run_dir}")
     config_path = run_dir / "config.yaml"
     model_path = run_dir / "generator.keras"
-    try:
-        cfg = load_config(config_path)
-    except (FileNotFoundError, ValueError) as exc:
-        raise UserError(str(exc)) from None
+    cfg = load_config(config_path)
     if not cfg.normalization.resolved:
         raise UserError(f"{config_path}: normalization is not resolved (the run did not finish "
                         f"its start-up); evaluate needs the fixed mode's input/target mean and std")

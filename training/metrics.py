@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from export.processing import Normalization
+from w2sr.core.normalization import Normalization
 
 
 def _as_2d(image: np.ndarray, what: str) -> np.ndarray:

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
-from training.io import atomic_path, atomic_write_text
+from w2sr.core.files import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 

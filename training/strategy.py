@@ -17,7 +17,7 @@ import json
 import logging
 import os
 
-from w2sr.errors import UserError
+from w2sr.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

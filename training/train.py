@@ -31,8 +31,8 @@ from typing import Callable, Optional
 import numpy as np
 
 from training.config import Config, PhaseConfig, dump_config, load_config
-from training.io import atomic_path, atomic_write_text
-from w2sr.errors import UserError
+from w2sr.core.files import atomic_path, atomic_write_text
+from w2sr.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +140,8 @@ def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, writer: bool = Tr
         )
     try:
         saved = load_config(saved_path)
-    except (ValueError, FileNotFoundError) as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        raise UserError(f"cannot resume: {' '.join(lines[:3])}") from None
+    except UserError as exc:
+        raise UserError(f"cannot resume: {exc}") from None
     compare = cfg
     if not cfg.normalization.resolved:
         compare = cfg.model_copy(update={"normalization": saved.normalization})
@@ -531,7 +530,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
     mixed = cfg.train.mixed_precision
     if mixed:
         gpu = bool(tf.config.list_logical_devices("GPU"))
-        from export.inference_paths import cpu_flags, native_bf16
+        from w2sr.core.cpu import cpu_flags, native_bf16
 
         if mixed == "float16" and not gpu:
             log.warning("train.mixed_precision float16 on a CPU: slow here; use bfloat16 on CPUs that have it")

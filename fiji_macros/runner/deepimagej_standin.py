@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from export import jdll
     from export.bundle_info import read_bundle
-    from w2sr.errors import UserError
+    from w2sr.core.errors import UserError
 
     try:
         info = read_bundle(model)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Iterable, Optional
 
 import numpy as np
 
-from w2sr.errors import DataError
+from w2sr.core.errors import DataError
 
 if TYPE_CHECKING:
     from training.data.layouts import ImagePair, Scan

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from training.config import NOISE_LEVELS, W2S_RAW_MEAN, W2S_RAW_STD
-from w2sr.errors import DataError
+from w2sr.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

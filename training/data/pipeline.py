@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from export.processing import NormalizationError
+from w2sr.core.normalization import NormalizationError
 from training.config import DataConfig, NormalizationConfig
-from w2sr.errors import DataError
+from w2sr.core.errors import DataError
 
 if TYPE_CHECKING:
     import tensorflow as tf

@@ -39,8 +39,8 @@ from tqdm import tqdm
 
 from training.config import NOISE_LEVELS, W2S_RAW_MEAN, W2S_RAW_STD, SimulatorConfig
 from training.data.layouts import AVG_FRAMES
-from training.io import atomic_replace_dir
-from w2sr.errors import UserError
+from w2sr.core.files import atomic_replace_dir
+from w2sr.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from typing import Optional
 import keras
 from keras import layers, ops
 
-from w2sr.errors import UserError
+from w2sr.core.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ def load_generator(path):
 
     import keras
 
-    from w2sr.errors import UserError
+    from w2sr.core.errors import UserError
 
     path = Path(path)
     if not path.is_file():

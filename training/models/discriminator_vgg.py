@@ -12,7 +12,7 @@ import keras
 from keras import layers
 
 from training.models.registry import register_discriminator
-from w2sr.errors import UserError
+from w2sr.core.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Dict
 
-from w2sr.errors import UserError
+from w2sr.core.errors import UserError
 
 logger = logging.getLogger(__name__)
 

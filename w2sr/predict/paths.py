@@ -27,7 +27,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from w2sr.errors import UserError
+from w2sr.core.cpu import cpu_flags, cpu_model, native_bf16
+from w2sr.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -39,39 +40,6 @@ REFERENCE = "onnx-fp32"
 GUARD_PSNR_DB = 50.0
 #: the guard runs on a window of the test input this many output pixels inside its border
 GUARD_WINDOW = 128
-#: CPU flags (``/proc/cpuinfo``) that make bfloat16 arithmetic native
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-def cpu_flags() -> frozenset[str]:
-    """The flags of the first CPU in /proc/cpuinfo (empty where there is none)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
-def native_bf16(flags: frozenset[str]) -> Optional[str]:
-    """The flag that makes bf16 native here (AMX first: it is the faster one), or None."""
-    for flag in ("amx_bf16", "avx512_bf16"):
-        if flag in flags:
-            return flag
-    return None
-
-
 def openvino_available() -> bool:
     try:
         import openvino  # noqa: F401
@@ -179,7 +147,7 @@ def _read_cache() -> dict:
 
 
 def _write_cache(cache: dict) -> None:
-    from training.io import atomic_write_text
+    from w2sr.core.files import atomic_write_text
 
     try:
         _cache_file().parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ import json
 import logging
 from pathlib import Path
 
-from export.contract import RULE
+from w2sr.core.contract import RULE
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def _handle_export(args) -> int:
 
 def _handle_validate(args) -> int:
     from export.validate import format_report, validate_bundle, write_report
-    from w2sr.errors import UserError
+    from w2sr.core.errors import UserError
 
     if not args.bundle.exists():
         raise UserError(f"{args.bundle}: no such bundle")

@@ -1,9 +1,9 @@
-"""``w2sr predict``: run an exported bundle on TIFF/PNG/NPY files (see export/predict.py)."""
+"""``w2sr predict``: run an exported bundle on TIFF/PNG/NPY files (see w2sr/predict/)."""
 from __future__ import annotations
 
 import argparse
 
-DEFAULT_TILE = 512  # keep equal to export.predict.DEFAULT_TILE (not imported: --help stays instant)
+DEFAULT_TILE = 512  # keep equal to w2sr.predict.model.DEFAULT_TILE (not imported: --help stays instant)
 
 
 def register(subparsers) -> None:
@@ -47,7 +47,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from export.predict import predict_files, summarize
+    from w2sr.predict.batch import predict_files, summarize
 
     results = predict_files(
         args.bundle, args.inputs, args.out, runtime=args.runtime, precision=args.precision, threads=args.threads,

@@ -5,7 +5,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from w2sr.errors import UserError, validation_message
+from w2sr.core.errors import UserError, validation_message
 
 log = logging.getLogger(__name__)
 
@@ -77,18 +77,13 @@ def register(subparsers) -> None:
 
 
 def _simulator_config(args):
-    from training.config import SimulatorConfig, load_config
+    from training.config import SimulatorConfig, load_config, resolve_config_path
 
     base: dict = {}
     explicit: set = set()
     out = args.out
     if args.config is not None:
-        from training.cli_train import resolve_config_path
-
-        try:
-            cfg = load_config(resolve_config_path(str(args.config)))
-        except (FileNotFoundError, ValueError) as exc:
-            raise UserError(" ".join(str(exc).split())) from None
+        cfg = load_config(resolve_config_path(str(args.config)))
         if cfg.data.simulate is None:
             raise UserError(f"{args.config}: has no data.simulate section to simulate from")
         base = cfg.data.simulate.model_dump()

@@ -10,16 +10,16 @@ import importlib
 import logging
 import sys
 
-from w2sr.errors import UserError
+from w2sr.core.errors import UserError
 
 #: modules that contribute subcommands, in the order they appear in --help
 COMMAND_MODULES = (
-    "training.cli_data",      # simulate, check-data
-    "training.cli_train",     # train, evaluate
-    "export.cli_export",      # export, validate
-    "export.cli_engines",     # check-engines
-    "export.cli_predict",     # predict
-    "w2sr.demo",              # demo
+    "w2sr.cli.data",      # simulate, check-data
+    "w2sr.cli.train",     # train, evaluate
+    "w2sr.cli.export",    # export, validate
+    "w2sr.cli.engines",   # check-engines
+    "w2sr.cli.predict",   # predict
+    "w2sr.cli.demo",      # demo
 )
 
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
-    from training.io import sweep_scratch
+    from w2sr.core.files import sweep_scratch
 
     sweep_scratch()  # scratch folders that killed w2sr runs left in the system's temp folder
     try:
@@ -83,6 +83,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     return int(result or 0)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

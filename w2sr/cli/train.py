@@ -8,9 +8,7 @@ import argparse
 import logging
 from pathlib import Path
 
-import yaml
-
-from w2sr.errors import UserError, validation_message
+from w2sr.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -75,77 +73,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.set_defaults(handler=run_evaluate)
 
 
-# --------------------------------------------------------------------------- config handling
-
-
-def resolve_config_path(name_or_path: str) -> Path:
-    """A YAML path, or the name of a packaged config (demo, tiny, w2s)."""
-    from training.config import packaged_config
-
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise UserError(f"config file not found: {path}")
-        return path
-    try:
-        return packaged_config(name_or_path)
-    except FileNotFoundError as exc:
-        raise UserError(f"{exc} (or give a path to a .yaml file)") from None
-
-
-def apply_overrides(cfg, overrides: list[str]):
-    """Return a new validated Config with ``a.b.c=VALUE`` overrides (VALUE parsed as YAML)."""
-    from training.config import Config
-
-    if not overrides:
-        return cfg
-    data = cfg.model_dump(mode="json")
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise UserError(f"--set expects KEY=VALUE, got '{item}'")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            raise UserError(f"--set {key}: '{raw}' is not a valid YAML value") from None
-        node = data
-        parts = key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            if not isinstance(node, dict) or part not in node:
-                raise UserError(f"--set {key}: unknown config key '{'.'.join(parts[: i + 1])}'")
-            if node[part] is None:  # e.g. data.simulate: null -> fill in a section
-                node[part] = {}
-            node = node[part]
-        if not isinstance(node, dict) or (parts[-1] not in node and node):
-            raise UserError(f"--set {key}: unknown config key '{key}'")
-        node[parts[-1]] = value
-    try:
-        return Config.model_validate(data)
-    except Exception as exc:  # pydantic.ValidationError
-        raise UserError(f"--set: invalid value ({validation_message(exc)})") from None
-
-
-def load_train_config(config: str | None, run_dir: Path, resume: bool, overrides: list[str]):
-    from training.config import load_config
-
-    if config is None:
-        saved = run_dir / "config.yaml"
-        path = saved if resume and saved.exists() else resolve_config_path("demo")
-        if resume and saved.exists():
-            log.info("using the run's own config %s", saved)
-        else:
-            log.info("no --config given: using the packaged demo config")
-    else:
-        path = resolve_config_path(config)
-    try:
-        cfg = load_config(path)
-    except (ValueError, FileNotFoundError) as exc:
-        lines = str(exc).splitlines()
-        raise UserError(" ".join(s.strip() for s in lines[:3])) from None
-    return apply_overrides(cfg, overrides)
-
-
 # --------------------------------------------------------------------------- handlers
 
 
@@ -154,10 +81,12 @@ def run_train(args: argparse.Namespace) -> int:
         state = "does not exist" if not args.run_dir.exists() else "is empty"
         raise UserError(f"{args.run_dir}: nothing to resume (the folder {state}); "
                         f"drop --resume to start a new training there")
+    from training.config import load_train_config
+
     cfg = load_train_config(args.config, args.run_dir, args.resume, args.overrides)
     from training.train import train
 
-    from training.io import disk_problem
+    from w2sr.core.files import disk_problem
 
     try:
         run = train(cfg, args.run_dir, resume=args.resume)

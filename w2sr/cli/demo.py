@@ -32,22 +32,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_demo)
 
 
-def _resolve_config(name_or_path: str):
-    from training.cli_train import load_train_config
-
-    # the same resolution and one-line errors as `w2sr train --config` (packaged name or YAML path)
-    return load_train_config(name_or_path, Path("."), False, [])
-
-
 def run_demo(args: argparse.Namespace) -> int:
     import shutil
 
+    from training.config import load_train_config
     from training.evaluate import evaluate_run, format_table
     from training.train import train
     from export.bundle import export_bundle
 
     t0 = time.perf_counter()
-    cfg = _resolve_config(args.config)
+    cfg = load_train_config(args.config, run_dir=args.run_dir, resume=False, overrides=[])
     run_dir: Path = args.run_dir
     if args.retrain and run_dir.exists():
         shutil.rmtree(run_dir)

@@ -20,3 +20,9 @@ def validation_message(exc: Exception) -> str:
         except Exception:  # noqa: BLE001 - fall back to the plain text
             pass
     return " ".join(str(exc).split())
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's text on one line, at most 200 characters (for per-file failure lists)."""
+    text = " ".join(str(exc).split())
+    return text[:200] + ("..." if len(text) > 200 else "")

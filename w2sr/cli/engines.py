@@ -5,7 +5,7 @@ import json
 import logging
 from pathlib import Path
 
-from export.contract import RULE
+from w2sr.core.contract import RULE
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def register(subparsers) -> None:
 
 def _handle(args) -> int:
     from export.engines import check_engines, format_table
-    from w2sr.errors import UserError
+    from w2sr.core.errors import UserError
 
     keys = [k.strip() for k in args.engines.split(",") if k.strip()]
     unknown = [k for k in keys if k not in ENGINE_KEYS]
@@ -68,7 +68,7 @@ def _handle(args) -> int:
                             timeout=args.timeout)
     print(format_table(results))
     if args.json:
-        from training.io import atomic_write_text
+        from w2sr.core.files import atomic_write_text
 
         atomic_write_text(args.json, json.dumps([r.to_dict() for r in results], indent=2))
     failed = [f"{r.engine}/{r.loader}" for r in results if not r.ok]
