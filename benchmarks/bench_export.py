@@ -72,7 +72,8 @@ def bench_model(kind: str, work: Path, repeats: int, export_mode: str, size: int
     from export.bundle import export_bundle
     from export.onnx_export import export_onnx
     from export.runtimes import measure_in_subprocess
-    from export.savedmodel import export_savedmodel, load_generator
+    from export.savedmodel import export_savedmodel
+    from training.models import load_generator
 
     run = make_run(kind, work / f"run-{kind}")
     model = load_generator(run / "generator.keras")

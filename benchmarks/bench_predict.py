@@ -60,7 +60,7 @@ def child(args: argparse.Namespace) -> None:
 
     from w2sr.predict.job import predict_file
     from w2sr.predict.model import Model, Settings
-    from export.tiling import balanced_tile, count_tiles
+    from w2sr.core.tiling import balanced_tile, count_tiles
 
     work = Path(args.workdir)
     src = work / f"in_{args.size}.tif"

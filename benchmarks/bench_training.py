@@ -41,7 +41,7 @@ def worker(args: argparse.Namespace) -> None:
 
     from training.config import apply_overrides, load_config, resolve_config_path
     from training.strategy import make_strategy
-    from training.train import Trainer
+    from training.trainer import Trainer
 
     cfg = load_config(resolve_config_path(args.config))
     overrides = ["loss.vgg_weights=random", "train.strategy=default"]

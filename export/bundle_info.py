@@ -1,6 +1,8 @@
-"""Read what a prediction needs from a built bundle's rdf.yaml (format 0.4.10).
+"""The one reader of a built bundle's rdf.yaml (format 0.4.10): ``read_rdf`` parses it, ``read_bundle``
+takes what a prediction needs from it.
 
-The predictor, the Fiji stand-in and the engine check all go through this one reader, so they use
+The predictor, validation, the DeepImageJ reproduction, the Fiji stand-in and the engine check all go
+through this one reader, so they use
 the rdf's own numbers (normalisation, halo, sizes), not copies of the training config.
 """
 from __future__ import annotations
@@ -30,9 +32,10 @@ class BundleInfo:
     keras_path: Optional[Path]
     test_input: Path
     test_output: Path
-    padding: int = 0                   # px of symmetric padding inside the exported graph (export.padding)
+    padding: int = 0                   # px of symmetric padding inside the exported graph (w2sr.core.padding)
     any_size_from: Optional[int] = None  # the weights accept every size >= this (config.w2sr.network)
     weight_sha256: dict = field(default_factory=dict, hash=False)  # weight file path -> sha256 in the rdf
+    doc: dict = field(default_factory=dict, hash=False, compare=False, repr=False)  # the whole rdf document
 
     def check_weights(self, path: Optional[Path]) -> None:
         """UserError (one line) when the weights file no longer has the sha256 the rdf records.
@@ -127,10 +130,15 @@ def _normalization(pre_ops: list, post_ops: list, rdf: Path) -> Normalization:
                          target_mean=offset, target_std=gain)
 
 
-def read_bundle(path: str | Path) -> BundleInfo:
-    """Parse ``path`` (a bundle folder or its rdf.yaml) into a BundleInfo; errors name the file."""
+def rdf_file(path: str | Path) -> Path:
+    """The rdf.yaml of ``path`` (a bundle folder or the file itself)."""
     path = Path(path)
-    rdf = path / "rdf.yaml" if path.is_dir() else path
+    return path / "rdf.yaml" if path.is_dir() else path
+
+
+def read_rdf(path: str | Path) -> dict:
+    """The one parser of rdf.yaml: the document as a mapping; one-line UserError naming the file."""
+    rdf = rdf_file(path)
     if not rdf.exists():
         raise UserError(f"{path}: not a model bundle (no rdf.yaml)")
     if rdf.suffix.lower() == ".zip":
@@ -146,6 +154,13 @@ def read_bundle(path: str | Path) -> BundleInfo:
         raise UserError(f"{rdf}: cannot read it as a text rdf.yaml ({type(exc).__name__})") from None
     if not isinstance(doc, dict):
         raise UserError(f"{rdf}: not a model description (expected a YAML mapping, got {type(doc).__name__})")
+    return doc
+
+
+def read_bundle(path: str | Path) -> BundleInfo:
+    """Parse ``path`` (a bundle folder or its rdf.yaml) into a BundleInfo; errors name the file."""
+    rdf = rdf_file(path)
+    doc = read_rdf(path)
     root = rdf.parent
     try:
         inp, out = doc["inputs"][0], doc["outputs"][0]
@@ -183,6 +198,7 @@ def read_bundle(path: str | Path) -> BundleInfo:
             weight_sha256={root / w["source"]: str(w["sha256"]) for w in weights.values()
                            if isinstance(w, dict) and w.get("source") and w.get("sha256")},
             any_size_from=int(network["any_size_from"]) if network.get("any_size_from") else None,
+            doc=doc,
         )
     except AttributeError:  # e.g. inputs: [oops] - a list of names where mappings belong
         raise UserError(f"{rdf}: not a w2sr bundle rdf (format 0.4.10 expected): inputs[0] and outputs[0] must "

@@ -35,7 +35,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from export.padding import symmetric_indices
+from w2sr.core.padding import symmetric_indices
 
 JDLL_VERSION = "0.6.1"
 #: TileCalculator.OPTIMAL_MAX_NUMBER_PIXELS: a tile above this sends JDLL into checkOutputSize

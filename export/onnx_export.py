@@ -13,13 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from w2sr.core.contract import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME
 from w2sr.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
-OPSET = 17
-INPUT_NAME = "input"
-OUTPUT_NAME = "output"
 INPUT_DIMS = ("batch", "height", "width", 1)
 OUTPUT_DIMS = ("batch", "height_x2", "width_x2", 1)
 
@@ -61,7 +59,7 @@ def _set_dims(value_info: Any, dims: tuple) -> None:
 def canonical_order(graph: Any) -> None:
     """Sort the nodes topologically with ties broken by a structural hash (op, attributes, and the
     hashes of the inputs, initializers by content), so that the node order does not depend on
-    tf2onnx's naming: two siblings (the two mirrored borders of ``export.padding``) otherwise swap
+    tf2onnx's naming: two siblings (the two mirrored borders of ``w2sr.core.padding``) otherwise swap
     places between two conversions in one process."""
     import hashlib
     import heapq
@@ -135,7 +133,7 @@ def canonical_names(graph: Any) -> None:
     graph.initializer.extend(inits)
 
 
-def convert_graph_def(graph_def: Any, opset: int = OPSET) -> Any:
+def convert_graph_def(graph_def: Any, opset: int = ONNX_OPSET) -> Any:
     """Frozen GraphDef (``input`` -> ``output``) -> onnx.ModelProto with clean names and dims."""
     import tf2onnx
 
@@ -173,8 +171,8 @@ def check_onnx(path_or_model: Any, source: str | Path = "weights.onnx") -> dict[
         raise UserError(f"{source}: inputs {[i.name for i in g.input]} / outputs {[o.name for o in g.output]}, "
                         f"expected ['{INPUT_NAME}'] / ['{OUTPUT_NAME}']")
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
-    if opset > OPSET:
-        raise UserError(f"{source}: opset {opset} is newer than {OPSET} (what DeepImageJ installs)")
+    if opset > ONNX_OPSET:
+        raise UserError(f"{source}: opset {opset} is newer than {ONNX_OPSET} (what DeepImageJ installs)")
     for vi in (g.input[0], g.output[0]):
         dims = vi.type.tensor_type.shape.dim
         if len(dims) != 4 or any(d.HasField("dim_value") for d in dims[:3]) or dims[3].dim_value != 1:
@@ -185,7 +183,7 @@ def check_onnx(path_or_model: Any, source: str | Path = "weights.onnx") -> dict[
     return dict(sorted(counts.items()))
 
 
-def export_onnx(savedmodel: str | Path, out_path: str | Path, opset: int = OPSET) -> OnnxExport:
+def export_onnx(savedmodel: str | Path, out_path: str | Path, opset: int = ONNX_OPSET) -> OnnxExport:
     """Convert the frozen SavedModel (folder or zip) to ``out_path`` (deterministic bytes)."""
     from export.savedmodel import load_graph_def
     from w2sr.core.files import atomic_write_bytes

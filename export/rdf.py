@@ -32,15 +32,14 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from w2sr.core.contract import ATOL, RTOL
+from w2sr.core.contract import (ATOL, ONNX_OPSET, ONNX_WEIGHTS, POST_MACRO, PRE_MACRO, RTOL, SAVEDMODEL_ZIP,
+                                 TENSORFLOW_VERSION, TEST_INPUT, TEST_OUTPUT, INPUT_NAME, OUTPUT_NAME)
 from w2sr.core.normalization import EPS, Normalization
 from w2sr.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = "0.4.10"
-TENSORFLOW_VERSION = "1.15"
-ONNX_OPSET = 17
 
 CITATIONS = [
     {"text": "Chatton M. Microscopy Image Restoration using Deep Learning on W2S. "
@@ -66,8 +65,6 @@ DEFAULT_TAGS = [
 ]
 DEFAULT_AUTHORS = [{"name": "w2sr contributors"}]
 
-PRE_MACRO = "preprocessing.ijm"
-POST_MACRO = "postprocessing.ijm"
 
 
 @dataclass
@@ -76,7 +73,7 @@ class RdfParams:
     normalization: Normalization
     halo: int                      # input pixels; the rdf states 2x this on the output
     tile: int                      # DeepImageJ's tile (rdf min with step 0), = the test tensor size
-    padding: int                   # px of symmetric padding inside the graph (export.padding)
+    padding: int                   # px of symmetric padding inside the graph (w2sr.core.padding)
     any_size_from: int             # the weights accept every input side >= this
     savedmodel_sha256: str
     onnx_sha256: str
@@ -169,7 +166,7 @@ def build_rdf(p: RdfParams) -> dict:
         "timestamp": p.timestamp,
         "version": "0.1.0",
         "inputs": [{
-            "name": "input",
+            "name": INPUT_NAME,
             "description": "raw widefield image (any intensity units the model was trained on), "
                            "converted to float32 before the normalisation",
             "axes": "byxc",
@@ -183,27 +180,27 @@ def build_rdf(p: RdfParams) -> dict:
             "preprocessing": input_processing(p.normalization),
         }],
         "outputs": [{
-            "name": "output",
+            "name": OUTPUT_NAME,
             "description": output_description(p.normalization, s),
             "axes": "byxc",
             "data_type": "float32",
             "data_range": [float("-inf"), float("inf")],
-            "shape": {"reference_tensor": "input", "scale": [1, s, s, 1], "offset": [0, 0, 0, 0]},
+            "shape": {"reference_tensor": INPUT_NAME, "scale": [1, s, s, 1], "offset": [0, 0, 0, 0]},
             "halo": [0, halo_out, halo_out, 0],
             **({"postprocessing": output_processing(p.normalization)} if output_processing(p.normalization) else {}),
         }],
-        "test_inputs": ["test_input.npy"],
-        "test_outputs": ["test_output.npy"],
+        "test_inputs": [TEST_INPUT],
+        "test_outputs": [TEST_OUTPUT],
         "sample_inputs": ["sample_input.tif"],
         "sample_outputs": ["sample_output.tif"],
         "weights": {
             "tensorflow_saved_model_bundle": {
-                "source": "tf_saved_model.zip",
+                "source": SAVEDMODEL_ZIP,
                 "sha256": p.savedmodel_sha256,
                 "tensorflow_version": p.tensorflow_version,
             },
             "onnx": {
-                "source": "weights.onnx",
+                "source": ONNX_WEIGHTS,
                 "sha256": p.onnx_sha256,
                 "opset_version": p.onnx_opset,
                 "parent": "tensorflow_saved_model_bundle",

@@ -51,7 +51,7 @@ class KerasRuntime:
     format = "keras"
 
     def __init__(self, path_or_model: Any, device: Optional[str] = None, padding: int = 0):
-        from export.savedmodel import load_generator
+        from training.models import load_generator
 
         if isinstance(path_or_model, (str, Path)):
             self.path: Optional[Path] = Path(path_or_model)
@@ -60,7 +60,7 @@ class KerasRuntime:
             self.path = None
             self.model = path_or_model
         self.device = device or "cpu"
-        self.padding = int(padding)  # compare with the bundle's graph, which pads itself (export.padding)
+        self.padding = int(padding)  # compare with the bundle's graph, which pads itself (w2sr.core.padding)
         self._tf_device = "/GPU:0" if self.device == "gpu" else "/CPU:0"
         self.name = f"Keras ({self.device.upper()})"
         import tensorflow as tf
@@ -72,7 +72,7 @@ class KerasRuntime:
                                input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32)])
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        from export.padding import wrap_numpy
+        from w2sr.core.padding import wrap_numpy
 
         return wrap_numpy(self._predict_plain, self.padding)(_check_batch(x))
 
@@ -92,7 +92,8 @@ class SavedModelRuntime:
     def __init__(self, path: str | Path, device: Optional[str] = None):
         import tensorflow as tf
 
-        from export.savedmodel import INPUT_KEY, OUTPUT_KEY, SIGNATURE_KEY, unzip_savedmodel
+        from export.savedmodel import SIGNATURE_KEY, unzip_savedmodel
+        from w2sr.core.contract import INPUT_NAME, OUTPUT_NAME
 
         self.path = Path(path)
         self._sm = unzip_savedmodel(self.path)
@@ -104,7 +105,7 @@ class SavedModelRuntime:
             self._fn = self._loaded.signatures[SIGNATURE_KEY]
         except Exception as exc:
             raise UserError(f"{self.path}: cannot load the SavedModel signature '{SIGNATURE_KEY}': {exc}") from None
-        self._in, self._out = INPUT_KEY, OUTPUT_KEY
+        self._in, self._out = INPUT_NAME, OUTPUT_NAME
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         import tensorflow as tf

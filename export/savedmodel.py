@@ -26,13 +26,12 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from w2sr.core.contract import INPUT_NAME, OUTPUT_NAME
 from w2sr.core.errors import UserError
 from w2sr.core.files import scratch_dir
 
 log = logging.getLogger(__name__)
 
-INPUT_KEY = "input"
-OUTPUT_KEY = "output"
 TAG = "serve"
 SIGNATURE_KEY = "serving_default"
 
@@ -100,13 +99,6 @@ class SavedModelExport:
 # Keras model loading and checks
 
 
-def load_generator(path: str | Path) -> Any:
-    """Load ``generator.keras`` (no compile): ``training.models.load_generator``, one-line errors."""
-    from training.models import load_generator as load
-
-    return load(path)
-
-
 def check_generator(model: Any, source: str | Path = "model", scale: int = 2) -> None:
     """The bundle describes a single-channel ``(B,H,W,1) -> (B,scale*H,scale*W,1)`` network: check it.
 
@@ -140,16 +132,16 @@ def freeze_keras_model(model: Any, padding: int = 0, scale: int = 2) -> Any:
     """Keras model -> frozen ``GraphDef`` with placeholder ``input`` and output node ``output``.
 
     ``padding``: the graph pads its input symmetrically by this many px and crops ``scale * padding``
-    from its output (``export.padding``: same pixels whether or not DeepImageJ mirror-pads the tile).
+    from its output (``w2sr.core.padding``: same pixels whether or not DeepImageJ mirror-pads the tile).
     Variables become constants; control dependencies, internal attributes (``_...``) and nodes not
     needed for the output are dropped.
     """
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    from export.padding import crop_tf, pad_tf
+    from w2sr.core.padding import crop_tf, pad_tf
 
-    spec = tf.TensorSpec([None, None, None, 1], tf.float32, name=INPUT_KEY)
+    spec = tf.TensorSpec([None, None, None, 1], tf.float32, name=INPUT_NAME)
 
     @tf.function(input_signature=[spec], autograph=False)
     def forward(x):
@@ -159,23 +151,23 @@ def freeze_keras_model(model: Any, padding: int = 0, scale: int = 2) -> Any:
     graph_def = frozen.graph.as_graph_def()
     in_name = frozen.inputs[0].name.split(":")[0]
     out_name = frozen.outputs[0].name.split(":")[0]
-    if in_name != INPUT_KEY:
-        raise UserError(f"frozen graph: input placeholder is named '{in_name}', expected '{INPUT_KEY}'")
+    if in_name != INPUT_NAME:
+        raise UserError(f"frozen graph: input placeholder is named '{in_name}', expected '{INPUT_NAME}'")
     graph_def = tf.compat.v1.graph_util.extract_sub_graph(graph_def, [out_name])
     names = {n.name for n in graph_def.node}
-    if OUTPUT_KEY in names and OUTPUT_KEY != out_name:
-        raise UserError(f"frozen graph: a node is already called '{OUTPUT_KEY}'")
+    if OUTPUT_NAME in names and OUTPUT_NAME != out_name:
+        raise UserError(f"frozen graph: a node is already called '{OUTPUT_NAME}'")
     keep = []
     for node in graph_def.node:
         if node.op == "NoOp":
             continue
         inputs = [i for i in node.input if not i.startswith("^")]
         node.ClearField("input")
-        node.input.extend(OUTPUT_KEY if i == out_name else i for i in inputs)
+        node.input.extend(OUTPUT_NAME if i == out_name else i for i in inputs)
         for key in [k for k in node.attr if k.startswith("_")]:
             del node.attr[key]
         if node.name == out_name:
-            node.name = OUTPUT_KEY
+            node.name = OUTPUT_NAME
         keep.append(node)
     graph_def.ClearField("node")
     graph_def.node.extend(keep)
@@ -250,12 +242,12 @@ def write_frozen_savedmodel(graph_def: Any, out_dir: Path) -> Path:
     graph = tf.Graph()
     with graph.as_default():
         tf.import_graph_def(graph_def, name="")
-        x = graph.get_tensor_by_name(f"{INPUT_KEY}:0")
-        y = graph.get_tensor_by_name(f"{OUTPUT_KEY}:0")
+        x = graph.get_tensor_by_name(f"{INPUT_NAME}:0")
+        y = graph.get_tensor_by_name(f"{OUTPUT_NAME}:0")
         with tf.compat.v1.Session(graph=graph) as sess:
             builder = tf.compat.v1.saved_model.Builder(str(out_dir))
             signature = tf.compat.v1.saved_model.signature_def_utils.predict_signature_def(
-                inputs={INPUT_KEY: x}, outputs={OUTPUT_KEY: y})
+                inputs={INPUT_NAME: x}, outputs={OUTPUT_NAME: y})
             builder.add_meta_graph_and_variables(
                 sess, [TAG], signature_def_map={SIGNATURE_KEY: signature}, strip_default_attrs=True)
             builder.save(as_text=False)
@@ -360,9 +352,9 @@ def load_graph_def(path: str | Path) -> Any:
         with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
             meta = tf.compat.v1.saved_model.loader.load(sess, [TAG], str(sm.dir))
             sig = meta.signature_def[SIGNATURE_KEY]
-            if set(sig.inputs) != {INPUT_KEY} or set(sig.outputs) != {OUTPUT_KEY}:
+            if set(sig.inputs) != {INPUT_NAME} or set(sig.outputs) != {OUTPUT_NAME}:
                 raise UserError(f"{path}: signature '{SIGNATURE_KEY}' has inputs {list(sig.inputs)} and "
-                                f"outputs {list(sig.outputs)}, expected ['{INPUT_KEY}'] -> ['{OUTPUT_KEY}']")
+                                f"outputs {list(sig.outputs)}, expected ['{INPUT_NAME}'] -> ['{OUTPUT_NAME}']")
             return meta.graph_def
     finally:
         sm.cleanup()
@@ -378,6 +370,6 @@ def run_tf1(path: str | Path, x: np.ndarray) -> np.ndarray:
         with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
             meta = tf.compat.v1.saved_model.loader.load(sess, [TAG], str(sm.dir))
             sig = meta.signature_def[SIGNATURE_KEY]
-            return sess.run(sig.outputs[OUTPUT_KEY].name, {sig.inputs[INPUT_KEY].name: np.asarray(x, np.float32)})
+            return sess.run(sig.outputs[OUTPUT_NAME].name, {sig.inputs[INPUT_NAME].name: np.asarray(x, np.float32)})
     finally:
         sm.cleanup()

@@ -56,7 +56,7 @@ def write_unfrozen_savedmodel_zip(bundle: Path, zip_path: Path) -> Path:
     import training.models  # noqa: F401 - registers the custom layers for load_model
 
     from export.bundle_info import read_bundle
-    from export.padding import crop_tf, pad_tf
+    from w2sr.core.padding import crop_tf, pad_tf
 
     model = keras.models.load_model(Path(bundle).parent / "run" / "generator.keras", compile=False)
     pad = read_bundle(bundle).padding  # the same in-graph padding as the frozen export

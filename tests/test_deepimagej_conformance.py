@@ -250,10 +250,10 @@ def test_zoo_package_is_as_jdll_readable_as_the_spec_allows(exported_bundle):
 
 @pytest.mark.parametrize("p", [1, 3, 7])
 def test_graph_padding_is_numpy_symmetric_in_tensorflow(p):
-    """export.padding's TF ops (what the frozen graph and the ONNX carry) == numpy's 'symmetric'."""
+    """w2sr.core.padding's TF ops (what the frozen graph and the ONNX carry) == numpy's 'symmetric'."""
     import tensorflow as tf
 
-    from export.padding import crop_numpy, crop_tf, pad_numpy, pad_tf
+    from w2sr.core.padding import crop_numpy, crop_tf, pad_numpy, pad_tf
 
     x = np.random.default_rng(p).normal(size=(2, 9, 13, 1)).astype(np.float32)
     np.testing.assert_array_equal(pad_tf(tf.constant(x), p).numpy(), pad_numpy(x, p))

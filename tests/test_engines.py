@@ -16,16 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.engines import (
-    ENGINES,
-    Engine,
-    EngineUnavailable,
-    check_engines,
-    default_cache_dir,
-    ensure_engine_env,
-    find_interpreter,
-    format_table,
-)
+from export.engine_envs import ENGINES, Engine, EngineUnavailable, default_cache_dir, ensure_engine_env, find_interpreter
+from export.engines import check_engines, format_table
 from w2sr.core.contract import ATOL, RTOL, RULE, zoo_close
 
 pytestmark = pytest.mark.engines

@@ -143,7 +143,8 @@ def test_bioimageio_test_passed_for_both_formats_and_the_zoo_package(exported_bu
 def test_savedmodel_graph_ops_and_tf1_loader(exported_bundle):
     import tensorflow as tf
 
-    from export.savedmodel import ALLOWED_OPS, INPUT_KEY, OUTPUT_KEY, _Unzipped
+    from export.savedmodel import ALLOWED_OPS, _Unzipped
+    from w2sr.core.contract import INPUT_NAME as INPUT_KEY, OUTPUT_NAME as OUTPUT_KEY
 
     sm = _Unzipped(exported_bundle / "tf_saved_model.zip")
     try:
@@ -197,7 +198,7 @@ def test_onnx_opset_names_and_dynamic_dims(exported_bundle):
 def test_too_small_halo_fails_the_tolerance(exported_bundle):
     """The generator's measured halo passes tiled-vs-whole and one pixel less does not; the bundle's
     halo (= the graph's own padding) adds a margin and passes on the exported weights."""
-    from export.bundle import tiled_max_diff
+    from export.halo import tiled_max_diff
     from export.bundle_info import read_bundle
     from export.runtimes import KerasRuntime, OnnxRuntime
 

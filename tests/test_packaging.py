@@ -29,6 +29,6 @@ def test_the_wheel_carries_the_fiji_macros_and_the_configs(tmp_path):
 
 
 def test_the_exporter_finds_the_installed_macros():
-    from export.bundle import fiji_macros
+    from export.assets import fiji_macros
 
     assert sorted(p.name for p in fiji_macros()) == sorted(p.name for p in (ROOT / "fiji_macros").glob("*.ijm"))

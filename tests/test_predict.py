@@ -22,7 +22,7 @@ import tifffile
 from export.bundle_info import read_bundle
 from w2sr.core.contract import outside_tolerance
 from w2sr.core.normalization import postprocess, preprocess
-from export.tiling import predict_whole
+from w2sr.core.tiling import predict_whole
 from predict_fixtures import write_bundle
 from w2sr.cli import main as cli
 

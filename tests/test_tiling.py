@@ -1,4 +1,4 @@
-"""export.tiling: tiled prediction equals whole-image prediction once the halo covers the model's
+"""w2sr.core.tiling: tiled prediction equals whole-image prediction once the halo covers the model's
 receptive field, with a real ONNX model run by onnxruntime (tests/predict_fixtures.py)."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from w2sr.core.contract import outside_tolerance
-from export.tiling import (balanced_tile, canvas_shape, count_tiles, predict_tiled, predict_whole,
+from w2sr.core.tiling import (balanced_tile, canvas_shape, count_tiles, predict_tiled, predict_whole,
                            mirror_indices, tile_starts)
 from predict_fixtures import RF_RADIUS, write_tiny_onnx
 

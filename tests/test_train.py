@@ -58,7 +58,7 @@ def _env() -> dict:
 
 
 def test_learning_rate_halves_each_epoch():
-    from training.train import learning_rate
+    from training.trainer import learning_rate
 
     phase = PhaseConfig(learning_rate=1e-4)  # default decay 0.5 (report: halved every epoch)
     lrs = [learning_rate(phase, e) for e in range(5)]
@@ -109,22 +109,22 @@ def test_chief_role_from_tf_config(monkeypatch):
 
 
 def test_non_chief_does_not_refuse_the_chiefs_run_folder(tmp_path):
-    from training.train import _prepare_run_dir
+    from training.run_folder import RunFolder
 
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("name: written by the chief a moment ago\n")
     cfg = load_config(packaged_config("tiny"))
     with pytest.raises(UserError, match="not empty"):
-        _prepare_run_dir(cfg, run, resume=False)
-    assert _prepare_run_dir(cfg, run, resume=False, writer=False) == (cfg, False)
+        RunFolder(run).prepare(cfg, resume=False)
+    assert RunFolder(run).prepare(cfg, resume=False, writer=False) == (cfg, False)
     assert [p.name for p in run.iterdir()] == ["config.yaml"]
 
 
 def test_adam_epsilon_reaches_both_optimizers():
     from training.config import TrainConfig
     from training.strategy import make_strategy
-    from training.train import Trainer
+    from training.trainer import Trainer
 
     assert TrainConfig().adam_epsilon == 1e-8  # PyTorch's (ESRGAN/BasicSR), not Keras' 1e-7
     assert load_config(packaged_config("w2s")).train.adam_epsilon == 1e-8
@@ -143,7 +143,8 @@ def test_epoch_dataset_cut_from_one_patch_source(tiny_data):
     """train.py's epochs from one PatchSource: the same batches as a fresh pipeline, resumable, longer."""
     from training.data.layouts import load_split
     from training.data.pipeline import PatchSource, compute_normalization, make_train_dataset
-    from training.train import _epoch_dataset, data_epoch
+    from training.train import _epoch_dataset
+    from training.trainer import data_epoch
 
     cfg = tiny_cfg(tiny_data)
     pairs = load_split(cfg.data, "train", progress=False)
@@ -284,7 +285,7 @@ def test_tiny_run_end_to_end(tmp_path, tiny_data, monkeypatch):
 
     # a damaged newest checkpoint: restore falls back to the previous one
     from training.strategy import make_strategy
-    from training.train import Trainer
+    from training.trainer import Trainer
 
     trainer = Trainer(saved, make_strategy("default"), run / "checkpoints")
     assert trainer.g_opt.epsilon == pytest.approx(1e-8) and saved.train.adam_epsilon == 1e-8
@@ -380,7 +381,8 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
     from pathlib import Path
     from training.config import apply_overrides, load_config, packaged_config
     from training.strategy import make_strategy
-    from training.train import Trainer, train
+    from training.train import train
+    from training.trainer import Trainer
 
     data, run = sys.argv[1], Path(sys.argv[2])
     cfg = apply_overrides(load_config(packaged_config("tiny")), [

@@ -143,7 +143,7 @@ def test_runtimes_agree_on_a_batch_of_odd_tiles(exported_bundle):
 @pytest.mark.parametrize("engine", ["tf1.15", "ort1.13"])
 def test_old_runtime_rows_are_included(exported_bundle, engine):
     """The hook into export.engines: DeepImageJ's TF 1.15 / ONNX Runtime 1.13.1 load the bundle."""
-    from export import engines
+    from export import engine_envs as engines
     from export.validate import validate_bundle
 
     env = engines.default_cache_dir() / engine

@@ -19,7 +19,7 @@ import numpy as np
 
 from w2sr.core.normalization import Normalization, NormalizationError
 from training import metrics
-from training.config import load_config
+from training.run_folder import RunFolder
 from w2sr.core.files import atomic_write_text
 from w2sr.core.errors import UserError
 
@@ -32,18 +32,10 @@ _METRIC_COLUMNS = ["psnr_model", "ssim_model", "psnr_bicubic", "ssim_bicubic"]
 
 def load_run(run_dir: Path):
     """(Config, generator) of a run folder; UserError naming the missing or bad file."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"run folder not found: {run_dir}")
-    config_path = run_dir / "config.yaml"
-    model_path = run_dir / "generator.keras"
-    cfg = load_config(config_path)
-    if not cfg.normalization.resolved:
-        raise UserError(f"{config_path}: normalization is not resolved (the run did not finish "
-                        f"its start-up); evaluate needs the fixed mode's input/target mean and std")
-    from training.models import load_generator
-
-    return cfg, load_generator(model_path)
+    run = RunFolder(run_dir)
+    if not run.root.is_dir():
+        raise UserError(f"run folder not found: {run.root}")
+    return run.resolved_config(), run.load_generator()
 
 
 def predict_image(model, lr: np.ndarray, norm: Normalization) -> np.ndarray:

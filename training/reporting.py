@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 
 from w2sr.core.files import atomic_path, atomic_write_text
+from w2sr.core.tiling import center_crop
 
 log = logging.getLogger(__name__)
 
@@ -186,13 +187,6 @@ def _save_figure(fig, path: Path, dpi: int = 100) -> np.ndarray:
         fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
     return rgb
-
-
-def center_crop(image: np.ndarray, size: int) -> np.ndarray:
-    h, w = image.shape[:2]
-    ch, cw = min(size, h), min(size, w)
-    y, x = (h - ch) // 2, (w - cw) // 2
-    return image[y : y + ch, x : x + cw]
 
 
 def panel_figure(rows: Sequence[dict], title: str = "", crop: int = 256):

@@ -9,7 +9,7 @@ ESRGAN/BasicSR, not Keras' 1e-7) and a learning rate of
 ``phase.learning_rate * phase.lr_decay_per_epoch ** epoch`` (halved after every epoch by default);
 generator and discriminator have their own optimizers.
 
-A run lives in one folder (see docs/ARCHITECTURE.md). Checkpoints hold G, D, both optimizers and the
+A run lives in one folder (``training.run_folder``). Checkpoints hold G, D, both optimizers and the
 position (phase, epoch, step within epoch, global step); they are written every
 ``train.checkpoint_every_steps`` steps and at every epoch and phase end. ``resume=True`` restores the
 newest readable checkpoint and continues: the data pipeline is deterministic for (seed, epoch), so
@@ -24,135 +24,18 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 
-from training.config import Config, PhaseConfig, dump_config, load_config
-from w2sr.core.files import atomic_path, atomic_write_text
+from training.config import Config, dump_config
+from training.run_folder import RunFolder
+from training.trainer import (PHASES, Position, Trainer, TrainingDiverged, data_epoch, learning_rate, needs_vgg,
+                              phase_config, steps_per_epoch, total_steps)
 from w2sr.core.errors import UserError
+from w2sr.core.files import atomic_write_text
 
 log = logging.getLogger(__name__)
-
-PHASES = ("pretrain", "gan")
-CONFIG_NAME = "config.yaml"
-DONE_NAME = "DONE"
-CHECKPOINT_DIR = "checkpoints"
-
-
-class TrainingDiverged(UserError):
-    """A loss became NaN or infinite."""
-
-
-# --------------------------------------------------------------------------- small pure helpers
-
-
-def learning_rate(phase: PhaseConfig, epoch: int) -> float:
-    """Learning rate of ``epoch`` (0-based) in a phase: ``lr * decay ** epoch``."""
-    return float(phase.learning_rate * phase.lr_decay_per_epoch ** epoch)
-
-
-def phase_config(cfg: Config, phase: str) -> PhaseConfig:
-    return getattr(cfg.train, phase)
-
-
-def data_epoch(cfg: Config, phase_index: int, epoch: int) -> int:
-    """The pipeline's epoch index: phase 2 continues counting after phase 1 (fresh augmentations)."""
-    return epoch if phase_index == 0 else cfg.train.pretrain.epochs + epoch
-
-
-def steps_per_epoch(phase: PhaseConfig, n_patches: int, global_batch: int, phase_name: str) -> int:
-    """Configured steps, or one pass over all training patches (``drop_remainder``)."""
-    if phase.steps_per_epoch:
-        return int(phase.steps_per_epoch)
-    steps = n_patches // global_batch
-    if steps < 1:
-        raise UserError(
-            f"train.{phase_name}: the training images give only {n_patches} patches, fewer than "
-            f"train.global_batch_size={global_batch}; lower the batch size or set steps_per_epoch"
-        )
-    return steps
-
-
-@dataclass
-class Position:
-    """Where training stands: the next step to run is ``epoch_step`` of ``epoch`` in ``phase``."""
-
-    phase: int = 0
-    epoch: int = 0
-    epoch_step: int = 0
-    global_step: int = 0
-
-
-def _needs_vgg(cfg: Config) -> bool:
-    return cfg.loss.perceptual_weight > 0 or cfg.loss.texture_weight > 0
-
-
-def total_steps(cfg: Config, steps: dict[str, int]) -> int:
-    return sum(phase_config(cfg, p).epochs * steps[p] for p in PHASES)
-
-
-# --------------------------------------------------------------------------- run folder
-
-
-def _config_differences(a: Config, b: Config, prefix: str = "") -> list[str]:
-    da, db = a.model_dump(mode="json"), b.model_dump(mode="json")
-    out: list[str] = []
-
-    def walk(x, y, path):
-        if isinstance(x, dict) and isinstance(y, dict):
-            for k in sorted(set(x) | set(y)):
-                walk(x.get(k), y.get(k), f"{path}.{k}" if path else k)
-        elif x != y:
-            out.append(path)
-
-    walk(da, db, prefix)
-    return out
-
-
-def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, writer: bool = True) -> tuple[Config, bool]:
-    """Refuse to overwrite a run; on resume, return the run's own config. -> (cfg, resuming).
-
-    Reads only. ``writer=False`` (a non-chief worker of a cluster, which never writes the run
-    folder) skips the refusal of a non-empty folder: the chief may already have started filling it.
-    """
-    non_empty = run_dir.exists() and any(run_dir.iterdir())
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"run folder {run_dir} is a file, not a folder")
-    if not resume and not writer:
-        return cfg, False
-    if not resume:
-        if non_empty:
-            raise UserError(
-                f"run folder {run_dir} is not empty (it holds an earlier run); pass --resume to "
-                f"continue it, or choose another --run-dir"
-            )
-        return cfg, False
-    if not non_empty:
-        log.info("nothing to resume in %s: starting a new run there", run_dir)
-        return cfg, False
-    saved_path = run_dir / CONFIG_NAME
-    if not saved_path.exists():
-        raise UserError(
-            f"cannot resume {run_dir}: it has no {CONFIG_NAME}, so it is not a training run folder"
-        )
-    try:
-        saved = load_config(saved_path)
-    except UserError as exc:
-        raise UserError(f"cannot resume: {exc}") from None
-    compare = cfg
-    if not cfg.normalization.resolved:
-        compare = cfg.model_copy(update={"normalization": saved.normalization})
-    diffs = _config_differences(saved, compare)
-    if diffs:
-        log.warning(
-            "resuming with the run's own %s; the config given differs in %s (ignored)",
-            saved_path, ", ".join(diffs[:8]) + (" ..." if len(diffs) > 8 else ""),
-        )
-    return saved, True
-
 
 # --------------------------------------------------------------------------- data
 
@@ -227,221 +110,6 @@ def _epoch_dataset(source, cfg: Config, phase_index: int, epoch: int, steps: int
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-# --------------------------------------------------------------------------- models and steps
-
-
-class Trainer:
-    """Models, optimizers, the tf.function train steps and the checkpoint, built in a strategy.
-
-    ``Trainer(cfg, strategy).step_fn("pretrain" | "gan")(lr_batch, hr_batch) -> {loss: value}``
-    runs one optimisation step on a (distributed) batch; the benchmark uses it directly.
-    """
-
-    def __init__(self, cfg: Config, strategy, ckpt_dir: Optional[Path] = None):
-        import keras
-        import tensorflow as tf
-
-        from training.models import build_discriminator, build_generator
-        from training.losses.gan import ragan_discriminator_loss, ragan_generator_loss
-        from training.losses.pixel import pixel_loss
-
-        self.cfg, self.strategy, self.tf = cfg, strategy, tf
-        self.global_batch = cfg.train.global_batch_size
-        t = cfg.train
-        need_gan = t.gan.epochs > 0
-        with strategy.scope():
-            self.generator = build_generator(cfg.generator)
-            self.discriminator = build_discriminator(cfg.discriminator)
-            self.g_opt = self._optimizer(t.pretrain.learning_rate)
-            self.d_opt = self._optimizer(t.gan.learning_rate)
-            self.g_opt.build(self.generator.trainable_variables)
-            self.d_opt.build(self.discriminator.trainable_variables)
-            self.perceptual = None
-            if need_gan and _needs_vgg(cfg):
-                from training.losses.perceptual import PerceptualLoss
-
-                self.perceptual = PerceptualLoss.from_config(cfg.loss)
-        self.pixel = pixel_loss(cfg.loss.pixel)
-        self.ragan_g, self.ragan_d = ragan_generator_loss, ragan_discriminator_loss
-        self.mixed = t.mixed_precision == "float16"  # loss scaling (bfloat16 needs none)
-
-        self.counters = {
-            name: tf.Variable(0, dtype=tf.int64, trainable=False, name=name)
-            for name in ("phase", "epoch", "epoch_step", "global_step")
-        }
-        self.checkpoint = tf.train.Checkpoint(
-            generator=self.generator, discriminator=self.discriminator,
-            generator_optimizer=self.g_opt, discriminator_optimizer=self.d_opt, **self.counters,
-        )
-        self.manager = None if ckpt_dir is None else tf.train.CheckpointManager(
-            self.checkpoint, str(ckpt_dir), max_to_keep=t.keep_checkpoints, checkpoint_name="ckpt",
-        )
-        self._pretrain_fn = None
-        self._gan_fn = None
-
-    def _optimizer(self, lr: float):
-        import keras
-
-        t = self.cfg.train
-        opt = keras.optimizers.Adam(learning_rate=lr, beta_1=t.beta_1, beta_2=t.beta_2,
-                                    epsilon=t.adam_epsilon, amsgrad=t.amsgrad)
-        if t.mixed_precision == "float16":  # bfloat16 has float32's range: no loss scaling
-            opt = keras.optimizers.LossScaleOptimizer(opt)
-        return opt
-
-    # -- learning rates ----------------------------------------------------------------------
-
-    def set_learning_rate(self, phase: str, lr: float) -> None:
-        self.g_opt.learning_rate = lr
-        if phase == "gan":
-            self.d_opt.learning_rate = lr
-
-    def get_learning_rate(self) -> float:
-        value = self.g_opt.learning_rate
-        return float(value.numpy() if hasattr(value, "numpy") else value)
-
-    # -- steps ---------------------------------------------------------------------------------
-
-    def _scale(self, lr_batch):
-        tf = self.tf
-        return tf.cast(tf.shape(lr_batch)[0], tf.float32) / float(self.global_batch)
-
-    @staticmethod
-    def _mean(tf, x):
-        return tf.reduce_mean(tf.cast(x, tf.float32))
-
-    def _for_tape(self, opt, loss):
-        """The loss to differentiate: scaled by the LossScaleOptimizer under mixed precision.
-
-        Must be called inside the GradientTape context, so the scaling is recorded.
-        """
-        return opt.scale_loss(loss) if self.mixed else loss
-
-    @staticmethod
-    def _apply(opt, tape, tape_loss, variables):
-        grads = tape.gradient(tape_loss, variables)  # unscaled by LossScaleOptimizer.apply
-        opt.apply_gradients(zip(grads, variables))
-
-    def _pretrain_replica(self, lr_b, hr_b):
-        tf, w = self.tf, self.cfg.loss.pretrain_pixel_weight
-        scale = self._scale(lr_b)
-        with tf.GradientTape() as tape:
-            sr = tf.cast(self.generator(lr_b, training=True), tf.float32)
-            pixel = w * self._mean(tf, self.pixel(hr_b, sr)) * scale
-            loss = pixel
-            tape_loss = self._for_tape(self.g_opt, loss)
-        self._apply(self.g_opt, tape, tape_loss, self.generator.trainable_variables)
-        return {"loss_g": loss, "pixel": pixel}
-
-    def _gan_replica(self, lr_b, hr_b):
-        tf, L = self.tf, self.cfg.loss
-        scale = self._scale(lr_b)
-        with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
-            sr = tf.cast(self.generator(lr_b, training=True), tf.float32)
-            real_logits = tf.cast(self.discriminator(hr_b, training=True), tf.float32)
-            fake_logits = tf.cast(self.discriminator(sr, training=True), tf.float32)
-            pixel = L.pixel_weight * self._mean(tf, self.pixel(hr_b, sr)) * scale
-            zero = tf.zeros((), tf.float32)
-            perceptual = texture = zero
-            if self.perceptual is not None:
-                terms = self.perceptual.terms(hr_b, sr)
-                perceptual = L.perceptual_weight * self._mean(tf, terms["perceptual"]) * scale
-                texture = L.texture_weight * self._mean(tf, terms["texture"]) * scale
-            adversarial = L.adversarial_weight * self._mean(tf, self.ragan_g(real_logits, fake_logits)) * scale
-            loss_g = pixel + perceptual + texture + adversarial
-            # D sees the generator output as a constant (its gradient is taken w.r.t. D only)
-            loss_d = L.discriminator_weight * self._mean(
-                tf, self.ragan_d(real_logits, fake_logits)) * scale
-            g_tape_loss = self._for_tape(self.g_opt, loss_g)
-            d_tape_loss = self._for_tape(self.d_opt, loss_d)
-        self._apply(self.g_opt, g_tape, g_tape_loss, self.generator.trainable_variables)
-        self._apply(self.d_opt, d_tape, d_tape_loss, self.discriminator.trainable_variables)
-        out = {"loss_g": loss_g, "pixel": pixel, "perceptual": perceptual,
-               "adversarial": adversarial, "loss_d": loss_d}
-        if L.texture_weight:
-            out["texture"] = texture
-        return out
-
-    def _distributed(self, replica_fn) -> Callable:
-        tf, strategy = self.tf, self.strategy
-
-        @tf.function
-        def step(lr_b, hr_b):
-            per_replica = strategy.run(replica_fn, args=(lr_b, hr_b))
-            return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
-                    for k, v in per_replica.items()}
-
-        return step
-
-    def step_fn(self, phase: str) -> Callable:
-        if phase == "pretrain":
-            if self._pretrain_fn is None:
-                self._pretrain_fn = self._distributed(self._pretrain_replica)
-            return self._pretrain_fn
-        if self._gan_fn is None:
-            self._gan_fn = self._distributed(self._gan_replica)
-        return self._gan_fn
-
-    # -- checkpoints ---------------------------------------------------------------------------
-
-    def save(self, pos: Position) -> str:
-        for name in ("phase", "epoch", "epoch_step", "global_step"):
-            self.counters[name].assign(getattr(pos, name))
-        # numbered by the checkpoint's own save counter: a name is never rewritten in place
-        return self.manager.save()
-
-    def restore(self, directory: Optional[Path] = None) -> Optional[Position]:
-        """Restore the newest readable checkpoint; fall back to older ones if it is damaged.
-
-        ``directory``: read the checkpoints there instead of this trainer's own folder (a non-chief
-        worker resumes from the chief's checkpoints but saves into its own scratch folder).
-        """
-        if directory is None:
-            candidates, where = list(reversed(self.manager.checkpoints)), self.manager.directory
-        else:
-            state = self.tf.train.get_checkpoint_state(str(directory))
-            candidates = list(reversed(state.all_model_checkpoint_paths)) if state else []
-            where = directory
-        for path in candidates:
-            try:
-                self.checkpoint.restore(path).assert_existing_objects_matched()
-            except Exception as exc:  # a damaged or partial checkpoint: try the previous one
-                log.warning("checkpoint %s is unreadable (%s); trying an older one",
-                            path, str(exc).splitlines()[0][:200])
-                continue
-            pos = Position(**{k: int(v.numpy()) for k, v in self.counters.items()})
-            log.info("restored %s: phase %s, epoch %d, step %d of the epoch, global step %d",
-                     Path(path).name, PHASES[min(pos.phase, 1)], pos.epoch + 1, pos.epoch_step,
-                     pos.global_step)
-            return pos
-        if candidates:
-            raise UserError(f"no readable checkpoint in {where}")
-        return None
-
-    # -- inference and export ------------------------------------------------------------------
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        y = self.generator(x, training=False)
-        return np.asarray(self.tf.cast(y, self.tf.float32))
-
-    def save_generator(self, path: Path) -> None:
-        """Write the generator atomically as a float32, single-device .keras model."""
-        import keras
-
-        from training.models import build_generator
-
-        policy = keras.mixed_precision.global_policy()
-        try:
-            keras.mixed_precision.set_global_policy("float32")
-            clone = build_generator(self.cfg.generator)  # outside any strategy scope
-            clone.set_weights([np.asarray(w) for w in self.generator.get_weights()])
-        finally:
-            keras.mixed_precision.set_global_policy(policy)
-        with atomic_path(Path(path), suffix=".keras") as tmp:
-            clone.save(tmp)
-        log.info("wrote %s", path)
-
-
 # --------------------------------------------------------------------------- validation
 
 
@@ -478,30 +146,20 @@ def _fmt_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-def _remove_unfinished_checkpoints(ckpt_dir: Path) -> None:
-    """TensorFlow writes a checkpoint into ``ckpt-N_temp/`` and renames its files when done; a kill or
-    a full disk in between leaves that folder. It never holds a usable checkpoint: remove it."""
-    import shutil
-
-    for leftover in sorted(ckpt_dir.glob("*_temp")) if ckpt_dir.is_dir() else []:
-        if leftover.is_dir():
-            shutil.rmtree(leftover, ignore_errors=True)
-            log.info("removed %s, an unfinished checkpoint of an interrupted run", leftover)
-
-
 def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
     """Train both phases into ``run_dir`` (see the module docstring); returns ``run_dir``."""
     from training.strategy import will_be_chief
 
-    run_dir = Path(run_dir)
+    run = RunFolder(run_dir)
+    run_dir = run.root
     # only the chief writes the run folder; its role is known from TF_CONFIG before TF starts
-    cfg, resuming = _prepare_run_dir(cfg, run_dir, resume, writer=will_be_chief(cfg.train.strategy))
-    if resuming and (run_dir / DONE_NAME).exists():
+    cfg, resuming = run.prepare(cfg, resume, writer=will_be_chief(cfg.train.strategy))
+    if resuming and run.finished:
         log.info("%s already holds a finished run (DONE); nothing to do", run_dir)
         return run_dir
 
     # --- checks that need no data or TensorFlow state: fail at start-up, not hours later
-    if cfg.train.gan.epochs > 0 and _needs_vgg(cfg):
+    if cfg.train.gan.epochs > 0 and needs_vgg(cfg):
         from training.losses.perceptual import check_vgg_weights_available
 
         check_vgg_weights_available(cfg.loss)
@@ -511,7 +169,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
     writer = will_be_chief(cfg.train.strategy)  # (on resume: the run's own strategy setting)
     if writer:
         run_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, run_dir / CONFIG_NAME)
+        dump_config(cfg, run.config)
 
     import shutil
     import tempfile
@@ -545,8 +203,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
         if chief != writer:
             raise RuntimeError(f"TF_CONFIG says chief={writer} but the strategy says chief={chief}")
         if chief:
-            ckpt_dir = run_dir / CHECKPOINT_DIR
-            _remove_unfinished_checkpoints(ckpt_dir)
+            ckpt_dir = run.checkpoints
+            run.remove_unfinished_checkpoints()
         else:
             # every worker must save (the save is a collective step), but only the chief's
             # checkpoints are kept: the others write into a temporary folder, removed at the end
@@ -563,7 +221,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
                  f"{trainer.discriminator.count_params():,}")
 
         # on resume every worker restores the chief's checkpoint (run_dir on a shared file system)
-        restore_dir = run_dir / CHECKPOINT_DIR
+        restore_dir = run.checkpoints
         pos = trainer.restore(None if chief else restore_dir) if resuming else None
         if resuming and pos is None:
             log.info("no checkpoint in %s yet: training from the start", restore_dir)
@@ -580,8 +238,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
         log.info("%d training patches per pass; %s", n_patches, ", ".join(
             f"{p}: {phase_config(cfg, p).epochs} epochs x {steps[p]} steps" for p in PHASES))
 
-        metrics_log = reporting.MetricsLog(run_dir / "metrics.csv")
-        tb = reporting.TensorBoard(run_dir / "tensorboard", enabled=chief)
+        metrics_log = reporting.MetricsLog(run.metrics)
+        tb = reporting.TensorBoard(run.tensorboard, enabled=chief)
         if chief:
             if resuming:
                 removed = metrics_log.truncate_after(
@@ -593,14 +251,14 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
                     log.info("metrics.csv: dropped %d rows logged after the checkpoint (re-run now)", removed)
             metrics_log.ensure_header()
 
-        _run_loop(cfg, trainer, source, val_pairs, pos, steps, total, run_dir,
+        _run_loop(cfg, trainer, source, val_pairs, pos, steps, total, run,
                   metrics_log, tb, chief, resuming)
         tb.close()
         if chief:
-            trainer.save_generator(run_dir / "generator.keras")
+            trainer.save_generator(run.generator)
             rows = metrics_log.read()
-            reporting.plot_loss_curves(rows, run_dir / "loss_curves.png")
-            atomic_write_text(run_dir / DONE_NAME, time.strftime("%Y-%m-%d %H:%M:%S\n"))
+            reporting.plot_loss_curves(rows, run.loss_curves)
+            atomic_write_text(run.done, time.strftime("%Y-%m-%d %H:%M:%S\n"))
             log.info("training finished: %s (generator.keras, metrics.csv, panels/, loss_curves.png)", run_dir)
         else:
             log.info("worker %s finished (the chief writes the run folder)", worker_id(strategy))
@@ -611,11 +269,10 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
     return run_dir
 
 
-def _run_loop(cfg, trainer: Trainer, source, val_pairs, pos: Position, steps, total, run_dir,
+def _run_loop(cfg, trainer: Trainer, source, val_pairs, pos: Position, steps, total, run: RunFolder,
               metrics_log, tb, chief: bool, resuming: bool) -> None:
     from training import reporting
 
-    tf = trainer.tf
     every = cfg.train.checkpoint_every_steps
     start_global = pos.global_step
     t_start = time.perf_counter()
@@ -699,27 +356,27 @@ def _run_loop(cfg, trainer: Trainer, source, val_pairs, pos: Position, steps, to
             )
             last = epoch + 1 == pcfg.epochs
             if chief and ((epoch + 1) % cfg.train.validate_every_epochs == 0 or last):
-                _validate_and_report(cfg, trainer, val_pairs, phase, epoch, pos, run_dir, metrics_log, tb)
+                _validate_and_report(cfg, trainer, val_pairs, phase, epoch, pos, run, metrics_log, tb)
             if last:
-                _end_phase(phase, pos, trainer, run_dir, chief)
+                _end_phase(phase, pos, trainer, run, chief)
             else:
                 pos.epoch += 1
                 pos.epoch_step = 0
             trainer.save(pos)  # one checkpoint marks the epoch (and its validation) done
         if pos.phase == phase_index:  # a phase with 0 epochs
-            _end_phase(phase, pos, trainer, run_dir, chief)
+            _end_phase(phase, pos, trainer, run, chief)
             trainer.save(pos)
 
 
-def _end_phase(phase: str, pos: Position, trainer: Trainer, run_dir: Path, chief: bool) -> None:
+def _end_phase(phase: str, pos: Position, trainer: Trainer, run: RunFolder, chief: bool) -> None:
     if phase == "pretrain" and chief and pos.global_step:
-        trainer.save_generator(run_dir / "generator_pretrain.keras")
+        trainer.save_generator(run.generator_pretrain)
     pos.phase += 1
     pos.epoch = 0
     pos.epoch_step = 0
 
 
-def _validate_and_report(cfg, trainer, val_pairs, phase, epoch, pos, run_dir, metrics_log, tb) -> None:
+def _validate_and_report(cfg, trainer, val_pairs, phase, epoch, pos, run, metrics_log, tb) -> None:
     from training import reporting
 
     t0 = time.perf_counter()
@@ -742,9 +399,9 @@ def _validate_and_report(cfg, trainer, val_pairs, phase, epoch, pos, run_dir, me
                                  "val/bicubic_ssim": mean["bicubic_ssim"]})
     name = f"{phase}_epoch{epoch + 1:02d}"
     rgb = reporting.save_panel(
-        run_dir / "panels" / f"{name}.png", panel,
+        run.panels / f"{name}.png", panel,
         title=f"{cfg.name}: {phase} epoch {epoch + 1} (step {pos.global_step}) — bicubic | output | SIM target",
     )
     tb.image(pos.global_step, f"panels/{phase}", rgb)
     tb.flush()
-    reporting.plot_loss_curves(metrics_log.read(), run_dir / "loss_curves.png")
+    reporting.plot_loss_curves(metrics_log.read(), run.loss_curves)

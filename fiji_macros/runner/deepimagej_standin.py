@@ -33,15 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     model = Path(args.model)
 
-    import yaml
-
     from export import jdll
     from export.bundle_info import read_bundle
     from w2sr.core.errors import UserError
 
     try:
         info = read_bundle(model)
-        doc = yaml.safe_load((model / "rdf.yaml").read_text())
+        doc = info.doc
         out = doc["outputs"][0]
         name = str(out.get("name") or out.get("id"))
         jmodel = jdll.JdllModel.from_rdf(doc)

@@ -5,11 +5,12 @@ import json
 import logging
 from pathlib import Path
 
+from export.engine_envs import ENGINES  # stdlib only: --help stays instant
 from w2sr.core.contract import RULE
 
 log = logging.getLogger(__name__)
 
-ENGINE_KEYS = ("tf1.15", "tf2.7", "tf2.10", "ort1.13")  # mirrors export.engines.ENGINES (no TF import here)
+ENGINE_KEYS = tuple(ENGINES)
 
 
 def register(subparsers) -> None:

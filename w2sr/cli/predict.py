@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-DEFAULT_TILE = 512  # keep equal to w2sr.predict.model.DEFAULT_TILE (not imported: --help stays instant)
+from w2sr.core.contract import DEFAULT_TILE
 
 
 def register(subparsers) -> None:

@@ -1,5 +1,6 @@
-"""The bundle contract's numbers: the one definition of "the same output" used by the exporter, the
-validation, the engine check and the tests.
+"""The bundle contract: the names and numbers every part that writes or reads a bundle shares (the
+exporter, the rdf, validation, the engine check, prediction, the tests), and the one definition of
+"the same output".
 
 The BioImage.IO model zoo accepts a reproduced output when every pixel satisfies
 ``|a - b| <= ATOL + RTOL * |b|`` (``b`` the stored test output); the rdf writes these numbers into
@@ -8,6 +9,29 @@ The BioImage.IO model zoo accepts a reproduced output when every pixel satisfies
 from __future__ import annotations
 
 import numpy as np
+
+#: output side / input side
+SCALE = 2
+#: the network's tensor names (SavedModel signature, ONNX graph, rdf)
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+#: ONNX opset written (what DeepImageJ 3.1's ONNX Runtime 1.13 reads)
+ONNX_OPSET = 17
+#: the TensorFlow version the rdf declares for the SavedModel (DeepImageJ 2.1's engine)
+TENSORFLOW_VERSION = "1.15"
+#: DeepImageJ's tile side (input px) unless ``--tile`` says otherwise, and ``w2sr predict``'s default
+#: tile: the full model's peak memory for one tile stays under 4 GB in DeepImageJ's engines
+DEFAULT_TILE = 512
+
+#: the bundle's files
+RDF = "rdf.yaml"
+SAVEDMODEL_ZIP = "tf_saved_model.zip"
+ONNX_WEIGHTS = "weights.onnx"
+TEST_INPUT = "test_input.npy"
+TEST_OUTPUT = "test_output.npy"
+GENERATOR = "generator.keras"
+PRE_MACRO = "preprocessing.ijm"    # the normalisation for DeepImageJ 2.1
+POST_MACRO = "postprocessing.ijm"
 
 #: the zoo's per-pixel tolerance for reproducing test outputs: |a - b| <= ATOL + RTOL * |b|
 ATOL = 1.5e-4

@@ -20,7 +20,7 @@ What it guarantees:
   images with a side under ``MIN_SIDE`` (8) px are refused as junk.
 * Pre/post-processing are the bundle's (``w2sr.core.normalization`` with ``BundleInfo`` numbers); 8/16-bit
   input is cast to float32 first, so an integer image gives the same result as its float copy.
-* Each slice goes through ``export.tiling.predict_tiled`` with the bundle's halo: memory is the input
+* Each slice goes through ``w2sr.core.tiling.predict_tiled`` with the bundle's halo: memory is the input
   slice, the output slice and one batch of tiles. Stacks are read and written one slice at a time.
 * Output: ImageJ TIFF (tifffile ``imagej=True``), float32 in target units, or uint16 with a linear
   scaling ``value = c0 + c1 * pixel`` that is logged and stored as ImageJ's calibration function

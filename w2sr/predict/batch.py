@@ -12,7 +12,8 @@ from w2sr.core.errors import UserError, one_line
 from w2sr.core.files import sweep_stale
 from w2sr.core.images import SUPPORTED_SUFFIXES
 from w2sr.predict.job import Result, output_problem, run_job
-from w2sr.predict.model import DEFAULT_TILE, Settings, cached_model
+from w2sr.core.contract import DEFAULT_TILE
+from w2sr.predict.model import Settings, cached_model
 from w2sr.predict.output import FORMATS
 
 log = logging.getLogger("w2sr.predict")

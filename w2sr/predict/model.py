@@ -11,13 +11,13 @@ from typing import Callable, Optional
 import numpy as np
 
 from export.bundle_info import BundleInfo, read_bundle
-from export.tiling import balanced_tile, count_tiles, predict_tiled
+from w2sr.core.tiling import balanced_tile, count_tiles, predict_tiled
+from w2sr.core.contract import DEFAULT_TILE
 from w2sr.core.errors import UserError
 from w2sr.core.normalization import InputMap
 
 log = logging.getLogger("w2sr.predict")
 
-DEFAULT_TILE = 512
 #: tile progress bars only for images with more tiles than this
 TILE_BAR_MIN = 16
 

@@ -20,7 +20,7 @@ processing gives the same numbers per tile as on the whole image). Tiles are gat
 How the two agree (so that tiled == whole once the halo covers the receptive field):
 
 * Both work on one virtual *canvas*: the image mirrored (``numpy.pad`` mode ``symmetric``, the edge
-  pixel repeated, as in ``export.padding``) at its bottom and right up to ``valid_size(H) x valid_size(W)``.
+  pixel repeated, as in ``w2sr.core.padding``) at its bottom and right up to ``valid_size(H) x valid_size(W)``.
   The canvas is never materialised; tiles are gathered from the image with mirrored indices.
 * ``predict_whole`` runs the model once on the canvas and crops the output to ``scale*H x scale*W``.
 * ``predict_tiled`` covers the canvas with tiles of one size (``valid_size(tile)``, or the canvas
@@ -40,7 +40,7 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from export.padding import symmetric_indices
+from w2sr.core.padding import symmetric_indices
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
 ValidSize = Optional[Callable[[int], int]]
@@ -54,6 +54,24 @@ def mirror_indices(n_out: int, n: int) -> np.ndarray:
     ``symmetric``): the same context the exported graph's own padding and DeepImageJ's
     ``extendMirrorDouble`` give, so a canvas padded here changes no pixel of the image."""
     return symmetric_indices(0, n_out, n)
+
+
+def mirror_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A 2D image mirrored (numpy ``symmetric``) up to ``shape``, anchored at the top left."""
+    h, w = image.shape[:2]
+    return image[np.ix_(mirror_indices(shape[0], h), mirror_indices(shape[1], w))]
+
+
+def center_crop(image: np.ndarray, size: int, mirror: bool = False) -> np.ndarray:
+    """The central ``size`` x ``size`` window of a 2D image. A side shorter than ``size`` is kept whole,
+    or with ``mirror`` first mirrored up to ``size`` (:func:`mirror_indices`: no pixel changes)."""
+    h, w = image.shape[:2]
+    if mirror and (h < size or w < size):
+        image = mirror_to(image, (max(h, size), max(w, size)))
+        h, w = image.shape[:2]
+    ch, cw = min(size, h), min(size, w)
+    y, x = (h - ch) // 2, (w - cw) // 2
+    return np.ascontiguousarray(image[y:y + ch, x:x + cw])
 
 
 def canvas_shape(shape: tuple[int, int], valid_size: ValidSize = None) -> tuple[int, int]:

@@ -1,0 +1,132 @@
+"""What a bundle carries besides weights and rdf: the sample image and the test tensors made from it,
+the sample TIFFs, the cover, the DeepImageJ 2.1 normalisation macros and the Fiji macros."""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from training.run_folder import TrainedModel
+from w2sr.core.contract import POST_MACRO, PRE_MACRO, SCALE, TEST_INPUT, TEST_OUTPUT
+from w2sr.core.errors import UserError
+from w2sr.core.normalization import Normalization
+from w2sr.core.tiling import center_crop
+
+log = logging.getLogger(__name__)
+
+
+def fiji_macros() -> list[Path]:
+    """The Fiji macros every bundle carries: package data of ``fiji_macros``, so a non-editable
+    install has them too. Missing macros are an installation defect, not an option."""
+    from importlib.resources import files
+
+    root = files("fiji_macros")
+    macros = sorted(Path(str(p)) for p in root.iterdir() if p.name.endswith(".ijm"))
+    if not macros:
+        raise UserError(f"{root}: the installed w2sr has no Fiji macros (fiji_macros/*.ijm); reinstall it")
+    return macros
+
+
+def _synthetic_sample(size: int, mean: Optional[float], std: Optional[float], seed: int = 0) -> np.ndarray:
+    """A W2S-like widefield image from the simulator, rescaled to the training statistics (fixed
+    mode), or left in the simulator's camera counts (percentile mode: ``mean`` None)."""
+    rng = np.random.default_rng(seed)
+    try:
+        from training.data import simulator
+
+        wf, _ = simulator.clean_pair(rng, size, 0)
+        img = simulator.noisy_averages(rng, wf * np.float32(simulator.GAIN), 1)[1]
+    except Exception as exc:  # simulator absent or changed: smooth random field
+        log.debug("simulator not usable for the sample (%s); using a smooth random field", exc)
+        from scipy.ndimage import gaussian_filter
+
+        img = gaussian_filter(rng.standard_normal((size, size)), 3) + 0.1 * rng.standard_normal((size, size))
+    img = np.asarray(img, np.float64)
+    if mean is not None and std is not None:
+        img = (img - img.mean()) / (img.std() + 1e-12) * std + mean
+    return img.astype(np.float32)
+
+
+def sample_image(src: TrainedModel, sample: Optional[Path], size: int) -> tuple[np.ndarray, str]:
+    """The image used for test tensors, cover and halo: given, else a test FOV of the run's data,
+    else a simulated one (with the run's input statistics)."""
+    if sample is not None:
+        from w2sr.core.images import read_image_2d
+
+        return read_image_2d(sample), str(sample)
+    cfg = src.cfg
+    roots = [Path(cfg.data.root), src.run_dir / cfg.data.root, src.run_dir.parent / cfg.data.root]
+    for root in roots:
+        if not root.is_dir():
+            continue
+        try:
+            from training.data.layouts import load_pairs
+
+            pairs = load_pairs(root, cfg.data.layout, cfg.data.noise_level, cfg.data.channels[:1],
+                               cfg.data.test_fovs[:1], progress=False,
+                               npy_as_counts=cfg.data.npy_as_counts)
+            if pairs:
+                return np.asarray(pairs[0].lr, np.float32), f"{pairs[0].lr_source} (test FOV {pairs[0].fov})"
+        except Exception as exc:
+            log.info("could not read a test image from %s (%s)", root, str(exc).splitlines()[0] if str(exc) else exc)
+    n = cfg.normalization
+    log.info("no data found for the sample image; simulating a %dx%d widefield image", size, size)
+    return _synthetic_sample(size, n.input_mean, n.input_std), "simulated (training.data.simulator)"
+
+
+def write_cover(path: Path, inp: np.ndarray, out: np.ndarray) -> None:
+    """input (nearest x2) | output, side by side, each with its own 0.5-99.5 % display range."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def disp(a: np.ndarray) -> np.ndarray:
+        lo, hi = np.percentile(a, [0.5, 99.5])
+        return np.clip((a - lo) / max(hi - lo, 1e-12), 0, 1)
+
+    up = np.repeat(np.repeat(inp, SCALE, 0), SCALE, 1)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4.3), dpi=100)
+    for ax, img, title in ((axes[0], up, f"input (widefield) {inp.shape[0]} x {inp.shape[1]}"),
+                           (axes[1], out, f"output (2x SR + denoised) {out.shape[0]} x {out.shape[1]}")):
+        ax.imshow(disp(img), cmap="magma", interpolation="nearest")
+        ax.set_title(title, fontsize=10)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+
+
+def write_test_data(stage: Path, image: np.ndarray, size: int, maths: Normalization,
+                    predict: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Test tensors (raw input, output in output units), the same as ImageJ TIFFs, and the cover, from
+    the central ``size`` x ``size`` window of ``image``; ``predict`` runs the exported weights."""
+    import tifffile
+
+    raw = center_crop(image, size, mirror=True)[None, :, :, None].astype(np.float32)
+    y = maths.output(predict(maths.input(raw[0, :, :, 0])[None, :, :, None])).astype(np.float32)
+    np.save(stage / TEST_INPUT, raw)
+    np.save(stage / TEST_OUTPUT, y)
+    tifffile.imwrite(stage / "sample_input.tif", raw[0, :, :, 0], imagej=True, metadata={"axes": "YX"})
+    tifffile.imwrite(stage / "sample_output.tif", y[0, :, :, 0], imagej=True, metadata={"axes": "YX"})
+    write_cover(stage / "cover.png", raw[0, :, :, 0], y[0, :, :, 0])
+    return raw, y
+
+
+def write_macros(stage: Path, maths: Normalization) -> tuple[list[str], list[str]]:
+    """The DeepImageJ 2.1 pre/post macros and the Fiji macros (``fiji_macros/``); returns the paths
+    of each inside the bundle (rdf attachments)."""
+    from export.rdf import deepimagej_macros
+
+    pre_txt, post_txt = deepimagej_macros(maths)
+    (stage / PRE_MACRO).write_text(pre_txt)
+    (stage / POST_MACRO).write_text(post_txt)
+    (stage / "fiji_macros").mkdir()
+    names = []
+    for m in fiji_macros():
+        shutil.copy2(m, stage / "fiji_macros" / m.name)
+        names.append(f"fiji_macros/{m.name}")
+    return [PRE_MACRO, POST_MACRO], names
