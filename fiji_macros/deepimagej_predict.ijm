@@ -70,7 +70,7 @@ var SKIP = "SKIP: "; // prefix of predictImage's reasons to skip (not fail) an i
 arg = getArgument();
 interactive = (arg == "");
 if (interactive) {
-    proposed = "";
+    proposed = ""; // the active image's file, if it has one
     if (nImages > 0)
         if (getInfo("image.filename") != "")
             proposed = getInfo("image.directory") + getInfo("image.filename");
@@ -95,12 +95,12 @@ if (interactive) {
 model = resolveModel(model);
 if (input == "")
     exit("No input given (input=[/path/to/image.tif] or input=[/path/to/folder]).");
-if (!File.exists(input)) {
+if (!File.exists(input)) { // named like an image: a missing image, else a missing folder
     if (isImageName(input))
         exit("Input image not found: " + input);
     exit("Input folder not found: " + input);
 }
-folderMode = File.isDirectory(input);
+folderMode = File.isDirectory(input); // else one image file, as DeepImageJ 3.1's input_path
 if (folderMode) {
     inDir = withSlash(input);
 } else {

@@ -1,4 +1,5 @@
-"""The Fiji macros, run for real in ImageJ 1.53t (Debian) under Xvfb, with the headless runner.
+"""The Fiji macro (deepimagej_predict.ijm, an image file or a folder), run for real in ImageJ 1.53t
+(Debian) under Xvfb, with the headless runner.
 
 "DeepImageJ Run" is the stand-in plugin (fiji_macros/runner/plugin_src/DeepImageJ_Run.java): it
 follows DeepImageJ 3.1's macro interface and file naming, and runs the bundle through the Python
@@ -131,7 +132,7 @@ def fiji_bundle(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def predictor(fiji_bundle):
-    """The Python predictor on one 2D plane (float32 in, float32 out): what the macros must match."""
+    """The Python predictor on one 2D plane (float32 in, float32 out): what the macro must match."""
     from export.predict import Model, Settings
 
     settings = Settings(bundle=str(fiji_bundle), runtime="onnx", progress=False)
