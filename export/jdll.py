@@ -436,11 +436,11 @@ def predict(model: JdllModel, predict_fn: Callable[[np.ndarray], np.ndarray], im
 
 
 # --------------------------------------------------------------------------------------------
-# what fiji_macros/deepimagej_batch_folder.ijm adds around DeepImageJ for small images
+# what fiji_macros/deepimagej_predict.ijm adds around DeepImageJ for small images
 
 
 def macro_canvas(model: JdllModel, shape: tuple[int, int]) -> tuple[int, int]:
-    """The size the batch macro mirror-pads an image to before DeepImageJ: a side shorter than
+    """The size the Fiji macro mirror-pads an image to before DeepImageJ: a side shorter than
     ``tile - 2 * halo`` becomes the smallest whole number of mirrored copies of itself that reaches
     ``tile - 2 * halo``. That avoids JDLL's two small-image problems (the "3 x the image" refusal
     and the one-pixel output shift), and, because the canvas is whole copies, every pixel value
@@ -456,7 +456,7 @@ def macro_canvas(model: JdllModel, shape: tuple[int, int]) -> tuple[int, int]:
 
 def predict_like_macro(model: JdllModel, predict_fn: Callable[[np.ndarray], np.ndarray],
                        image: np.ndarray) -> np.ndarray:
-    """The batch macro's path: pad at the bottom/right (numpy ``symmetric``) to :func:`macro_canvas`,
+    """The Fiji macro's path: pad at the bottom/right (numpy ``symmetric``) to :func:`macro_canvas`,
     run DeepImageJ (:func:`predict`), crop the output back to ``scale x`` the image."""
     image = np.asarray(image)
     h, w = image.shape

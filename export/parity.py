@@ -226,7 +226,7 @@ def size_checks(info: Any, keras_path: Optional[Path], sizes: Sequence[tuple[int
                     tiles=count_tiles(x.shape, tile, info.halo, info.valid_size_at_least),
                     canvas=canvas_shape(x.shape, info.valid_size_at_least), vs_keras_whole=cmp_,
                     status=PASSED if cmp_.ok else FAILED, reference=ref_name))
-            if jmodel is not None and dtype == "float32":  # what a Fiji user gets through the batch macro
+            if jmodel is not None and dtype == "float32":  # what a Fiji user gets through the Fiji macro
                 # (JDLL copies every image to float first, so 8/16-bit inputs add nothing here)
                 try:
                     out = jdll.predict_like_macro(jmodel, onnx_rt.predict, image)
@@ -236,7 +236,7 @@ def size_checks(info: Any, keras_path: Optional[Path], sizes: Sequence[tuple[int
                 cmp_ = Comparison.of(out, ref)
                 canvas = jdll.macro_canvas(jmodel, image.shape)
                 rows.append(SizeRow(
-                    shape=tuple(int(s) for s in shape), dtype=dtype, runtime="deepimagej-3.1 (onnx, batch macro)",
+                    shape=tuple(int(s) for s in shape), dtype=dtype, runtime="deepimagej-3.1 (onnx, Fiji macro)",
                     tiles=jdll.plan(jmodel, canvas).n_tiles, canvas=canvas, vs_keras_whole=cmp_,
                     status=PASSED if cmp_.ok else FAILED, reference=ref_name))
                 if canvas != image.shape:
@@ -245,7 +245,7 @@ def size_checks(info: Any, keras_path: Optional[Path], sizes: Sequence[tuple[int
 
 
 def _raw_deepimagej_note(jmodel: Any, onnx_rt: Any, image: np.ndarray, ref: np.ndarray) -> str:
-    """What DeepImageJ 3.1 alone (without the batch macro's padding) does to a small image."""
+    """What DeepImageJ 3.1 alone (without the Fiji macro's padding) does to a small image."""
     from export import jdll
 
     h, w = image.shape
@@ -253,10 +253,10 @@ def _raw_deepimagej_note(jmodel: Any, onnx_rt: Any, image: np.ndarray, ref: np.n
         tp = jdll.plan(jmodel, image.shape)
         d, ok, n_bad = zoo_close(jdll.predict(jmodel, onnx_rt.predict, image), ref)
     except jdll.JdllError as exc:
-        return f"{h} x {w} in DeepImageJ 3.1 without the batch macro: refused ({exc})"
+        return f"{h} x {w} in DeepImageJ 3.1 without the Fiji macro: refused ({exc})"
     why = "JDLL shifts its output by one pixel (tile - size odd and > 2 x halo)" if tp.shifted else ""
-    return (f"{h} x {w} in DeepImageJ 3.1 without the batch macro's padding: max diff {d:.3g}, "
-            f"{n_bad} px outside the tolerance{'; ' + why if why else ''}; the batch macro pads it to "
+    return (f"{h} x {w} in DeepImageJ 3.1 without the Fiji macro's padding: max diff {d:.3g}, "
+            f"{n_bad} px outside the tolerance{'; ' + why if why else ''}; the Fiji macro pads it to "
             f"{jdll.macro_canvas(jmodel, image.shape)}")
 
 

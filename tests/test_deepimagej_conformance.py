@@ -187,7 +187,7 @@ def test_deepimagej_reproduces_test_output_on_every_pixel(exported_bundle):
 
 @pytest.mark.parametrize("shape", [(150, 131), (97, 173), (61, 64), (300, 129)])
 def test_fiji_user_and_python_user_get_the_same_pixels(exported_bundle, shape):
-    """Raw images of odd sizes: DeepImageJ through the batch macro's padding (and alone where JDLL
+    """Raw images of odd sizes: DeepImageJ through the Fiji macro's padding (and alone where JDLL
     does not shift), `w2sr predict`'s own tiling and whole-image inference agree on every pixel."""
     from export.bundle_info import read_bundle
     from w2sr.predict.model import Model, Settings

@@ -1,4 +1,5 @@
-"""The Fiji macros, run for real in ImageJ 1.53t (Debian) under Xvfb, with the headless runner.
+"""The Fiji macro (deepimagej_predict.ijm, an image file or a folder), run for real in ImageJ 1.53t
+(Debian) under Xvfb, with the headless runner.
 
 "DeepImageJ Run" is the stand-in plugin (fiji_macros/runner/plugin_src/DeepImageJ_Run.java): it
 follows DeepImageJ 3.1's macro interface and file naming, and runs the bundle through the Python
@@ -23,8 +24,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MACROS = ROOT / "fiji_macros"
-BATCH = MACROS / "deepimagej_batch_folder.ijm"
-SINGLE = MACROS / "deepimagej_single_image.ijm"
+MACRO = MACROS / "deepimagej_predict.ijm"  # input = an image file or a folder
 
 
 def _load_runner():
@@ -132,7 +132,7 @@ def fiji_bundle(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def predictor(fiji_bundle):
-    """The Python predictor on one 2D plane (float32 in, float32 out): what the macros must match."""
+    """The Python predictor on one 2D plane (float32 in, float32 out): what the macro must match."""
     from w2sr.predict.model import Model, Settings
 
     settings = Settings(bundle=str(fiji_bundle), runtime="onnx", progress=False)
@@ -146,21 +146,15 @@ def predictor(fiji_bundle):
 # --------------------------------------------------------------------------------------------
 # the macro files themselves (no ImageJ needed)
 # --------------------------------------------------------------------------------------------
-def _shared_block(path: Path) -> str:
-    text = path.read_text()
-    start = text.index("// ---- shared functions")
-    end = text.index("// ---- end of shared functions ----")
-    return text[start:end]
+def test_one_macro_for_files_and_folders_with_each_function_once():
+    assert sorted(p.name for p in MACROS.glob("*.ijm")) == [MACRO.name]
+    names = re.findall(r"^function (\w+)\(", MACRO.read_text(), re.M)
+    assert "predictImage" in names and "processFile" in names
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
 
 
-def test_both_macros_share_one_copy_of_the_processing_functions():
-    assert _shared_block(BATCH) == _shared_block(SINGLE), \
-        "the shared functions of the two macros differ: copy the block from one file to the other"
-
-
-@pytest.mark.parametrize("macro", [BATCH, SINGLE], ids=["batch", "single"])
-def test_macros_use_deepimagej_31_syntax_and_convert_to_32_bit(macro):
-    text = macro.read_text()
+def test_macro_uses_deepimagej_31_syntax_and_converts_to_32_bit():
+    text = MACRO.read_text()
     code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("//"))
     run_lines = [line for line in code.splitlines() if 'run("DeepImageJ Run"' in line]
     assert len(run_lines) == 1, run_lines
@@ -172,13 +166,12 @@ def test_macros_use_deepimagej_31_syntax_and_convert_to_32_bit(macro):
     assert "modelPath=" in text and "format=Tensorflow" in text
 
 
-def test_the_bundle_carries_these_macros(fiji_bundle):
+def test_the_bundle_carries_the_macro(fiji_bundle):
     if os.environ.get("W2SR_FIJI_TEST_BUNDLE"):
         pytest.skip("W2SR_FIJI_TEST_BUNDLE: a bundle built elsewhere may carry other macro versions")
-    for macro in (BATCH, SINGLE):
-        copy = fiji_bundle / "fiji_macros" / macro.name
-        assert copy.is_file(), f"{copy} missing from the bundle"
-        assert copy.read_text() == macro.read_text()
+    copy = fiji_bundle / "fiji_macros" / MACRO.name
+    assert copy.is_file(), f"{copy} missing from the bundle"
+    assert copy.read_text() == MACRO.read_text()
 
 
 @pytest.mark.imagej
@@ -299,11 +292,11 @@ print("after missing input");
 
 
 # --------------------------------------------------------------------------------------------
-# batch macro
+# a folder as input
 # --------------------------------------------------------------------------------------------
 @pytest.mark.imagej
 @needs_imagej
-def test_batch_macro_matches_the_python_predictor(fiji_bundle, predictor, tmp_path):
+def test_folder_input_matches_the_python_predictor(fiji_bundle, predictor, tmp_path):
     from w2sr.predict.batch import predict_files
 
     src, out, py_out = tmp_path / "in", tmp_path / "sr", tmp_path / "py"
@@ -312,7 +305,7 @@ def test_batch_macro_matches_the_python_predictor(fiji_bundle, predictor, tmp_pa
 
     java_tmp = tmp_path / "java_tmp"  # ImageJ's temp folder, where the macro keeps its planes
     java_tmp.mkdir()
-    res = run_macro(BATCH, args(model=fiji_bundle, input=src, output=out),
+    res = run_macro(MACRO, args(model=fiji_bundle, input=src, output=out),
                     java_options=(f"-Djava.io.tmpdir={java_tmp}",))
     assert res.returncode == 0, res.stderr
     assert "Summary: 4 done, 1 skipped, 0 failed" in res.stdout
@@ -346,12 +339,12 @@ def test_batch_macro_matches_the_python_predictor(fiji_bundle, predictor, tmp_pa
     # again: existing outputs are skipped and left alone ...
     outputs = tree_hashes(out)
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    res = run_macro(BATCH, args(model=fiji_bundle, input=src, output=out))
+    res = run_macro(MACRO, args(model=fiji_bundle, input=src, output=out))
     assert res.returncode == 0
     assert "Summary: 0 done, 5 skipped, 0 failed" in res.stdout
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes
     # ... unless overwrite=true
-    res = run_macro(BATCH, args(model=fiji_bundle, input=src, output=out) + " overwrite=true")
+    res = run_macro(MACRO, args(model=fiji_bundle, input=src, output=out) + " overwrite=true")
     assert res.returncode == 0 and "Summary: 4 done, 1 skipped, 0 failed" in res.stdout
     assert tree_hashes(out) == outputs  # same numbers, rewritten
     assert all(p.stat().st_mtime_ns >= mtimes[p.name] for p in out.iterdir())
@@ -361,7 +354,7 @@ def test_batch_macro_matches_the_python_predictor(fiji_bundle, predictor, tmp_pa
 
 @pytest.mark.imagej
 @needs_imagej
-def test_batch_macro_leaves_the_users_open_images_alone(fiji_bundle, tmp_path):
+def test_folder_input_leaves_the_users_open_images_alone(fiji_bundle, tmp_path):
     import tifffile
 
     src, out = tmp_path / "in", tmp_path / "sr"
@@ -370,7 +363,7 @@ def test_batch_macro_leaves_the_users_open_images_alone(fiji_bundle, tmp_path):
     caller = tmp_path / "caller.ijm"
     caller.write_text(f'''
 newImage("my open image", "16-bit ramp", 64, 64, 1);
-runMacro("{BATCH}", "{args(model=fiji_bundle, input=src, output=out)}");
+runMacro("{MACRO}", "{args(model=fiji_bundle, input=src, output=out)}");
 print("open after: " + nImages + " " + getTitle());
 ''')
     res = run_macro(caller)
@@ -381,7 +374,7 @@ print("open after: " + nImages + " " + getTitle());
 
 @pytest.mark.imagej
 @needs_imagej
-def test_batch_macro_logs_unreadable_files_and_goes_on(fiji_bundle, predictor, tmp_path):
+def test_folder_input_logs_unreadable_files_and_goes_on(fiji_bundle, predictor, tmp_path):
     import tifffile
 
     src, out = tmp_path / "in", tmp_path / "sr"
@@ -394,7 +387,7 @@ def test_batch_macro_logs_unreadable_files_and_goes_on(fiji_bundle, predictor, t
     (src / "header_only.tif").write_bytes((src / "good.tif").read_bytes()[:8])
     before = tree_hashes(src)
 
-    res = run_macro(BATCH, args(model=fiji_bundle, input=src, output=out))
+    res = run_macro(MACRO, args(model=fiji_bundle, input=src, output=out))
     assert res.returncode == 2, "failed files make the batch end with exit(...)"
     assert "Summary: 1 done, 0 skipped, 4 failed" in res.stdout
     for name, why in [("empty.tif", "empty file"), ("garbage.tif", "not a TIFF file"),
@@ -408,7 +401,7 @@ def test_batch_macro_logs_unreadable_files_and_goes_on(fiji_bundle, predictor, t
 
 @pytest.mark.imagej
 @needs_imagej
-def test_batch_macro_refuses_images_that_would_give_garbage(fiji_bundle, predictor, tmp_path):
+def test_folder_input_refuses_images_that_would_give_garbage(fiji_bundle, predictor, tmp_path):
     """As w2sr predict: a truncated TIFF, NaN/Inf pixels and a >3-D array ImageJ would flatten get
     no output and a reason; an earlier run's bad output (NaN) is not taken as done."""
     import tifffile
@@ -435,7 +428,7 @@ def test_batch_macro_refuses_images_that_would_give_garbage(fiji_bundle, predict
     tifffile.imwrite(src / "five_d.tif", rng.random((2, 2, 2, 16, 16)).astype(np.float32))
     before = tree_hashes(src)
 
-    res = run_macro(BATCH, args(model=fiji_bundle, input=src, output=out))
+    res = run_macro(MACRO, args(model=fiji_bundle, input=src, output=out))
     assert res.returncode == 2
     assert "Summary: 2 done, 0 skipped, 4 failed" in res.stdout
     for name, why in [("truncated.tif", "truncated TIFF: its image data runs to byte"),
@@ -451,7 +444,7 @@ def test_batch_macro_refuses_images_that_would_give_garbage(fiji_bundle, predict
 
 @pytest.mark.imagej
 @needs_imagej
-def test_batch_macro_reports_a_model_that_does_not_run(fiji_bundle, tmp_path):
+def test_folder_input_reports_a_model_that_does_not_run(fiji_bundle, tmp_path):
     """DeepImageJ fails on every image (here: the weights are gone): each file fails, with a reason."""
     import tifffile
 
@@ -462,7 +455,7 @@ def test_batch_macro_reports_a_model_that_does_not_run(fiji_bundle, tmp_path):
     src, out = tmp_path / "in", tmp_path / "sr"
     src.mkdir()
     tifffile.imwrite(src / "one.tif", np.ones((32, 32), np.float32))
-    res = run_macro(BATCH, args(model=broken, input=src, output=out))
+    res = run_macro(MACRO, args(model=broken, input=src, output=out))
     assert res.returncode == 2
     assert "FAILED one.tif: DeepImageJ Run wrote no output" in res.stdout
     assert "Summary: 0 done, 0 skipped, 1 failed" in res.stdout
@@ -509,9 +502,9 @@ run("DeepImageJ Run", "model_path=[{fiji_bundle}] input_path=[{tmp_path / 'x.tif
 
 @pytest.mark.imagej
 @needs_imagej
-def test_batch_macro_pads_small_images_that_deepimagej_alone_gets_wrong(fiji_bundle, predictor, tmp_path):
+def test_folder_input_pads_small_images_that_deepimagej_alone_gets_wrong(fiji_bundle, predictor, tmp_path):
     """DeepImageJ 3.1 alone (the stand-in follows JDLL 0.6.1) shifts a 27 px side by one output pixel
-    (tile - side odd and > 2 x halo) and refuses a side under a third of the tile; the batch macro
+    (tile - side odd and > 2 x halo) and refuses a side under a third of the tile; the macro
     mirror-pads such images with whole copies of themselves (so the percentiles DeepImageJ computes
     are the image's) and crops, and then matches the Python predictor."""
     import tifffile
@@ -541,17 +534,17 @@ def test_batch_macro_pads_small_images_that_deepimagej_alone_gets_wrong(fiji_bun
     assert np.abs(shifted - want).max() > 20 * (ZOO_ATOL + ZOO_RTOL * np.abs(want).max())  # JDLL's one-pixel shift
     np.testing.assert_allclose(shifted[1:], want[:-1], atol=1e-3, rtol=1e-4)
 
-    res = run_macro(BATCH, args(model=fiji_bundle, input=src, output=out))
+    res = run_macro(MACRO, args(model=fiji_bundle, input=src, output=out))
     assert res.returncode == 0, res.stderr
     assert "Summary: 2 done, 0 skipped, 0 failed" in res.stdout
     for name, img in (("odd", odd), ("tiny", tiny)):
         got, *_ = read_tif(out / f"{name}_sr.tif")
-        assert_zoo_close(got, predictor(img), f"{name}: batch macro vs predictor")
+        assert_zoo_close(got, predictor(img), f"{name}: macro vs predictor")
 
 
 @pytest.mark.imagej
 @needs_imagej
-def test_batch_macro_skips_images_deepimagej_would_hang_on(fiji_bundle, predictor, tmp_path):
+def test_folder_input_skips_images_deepimagej_would_hang_on(fiji_bundle, predictor, tmp_path):
     """With an rdf whose tile grows with the image (step 1, as bundles had before), JDLL 0.6.1 never
     returns above 4096*4096*3 pixels: the macro skips such an image with a warning that names it and
     points to w2sr predict, and processes the rest."""
@@ -567,7 +560,7 @@ def test_batch_macro_skips_images_deepimagej_would_hang_on(fiji_bundle, predicto
     tifffile.imwrite(src / "huge.tif", np.zeros((7100, 7100), np.uint8))
     small = np.random.default_rng(9).normal(120, 40, (40, 48)).astype(np.float32)
     tifffile.imwrite(src / "small.tif", small)
-    res = run_macro(BATCH, args(model=old, input=src, output=out), timeout=300)
+    res = run_macro(MACRO, args(model=old, input=src, output=out), timeout=300)
     assert res.returncode == 0, res.stderr
     assert "WARNING: skipped huge.tif: 7100x7100 is above DeepImageJ 3.1's limit" in res.stdout
     assert "use 'w2sr predict'" in res.stdout
@@ -613,10 +606,10 @@ FATAL = ["model_not_found", "model_without_rdf", "model_zip", "input_missing", "
 @pytest.mark.imagej
 @needs_imagej
 @pytest.mark.parametrize("case", FATAL)
-def test_batch_macro_stops_with_a_message(case, fiji_bundle, tmp_path):
+def test_folder_input_stops_with_a_message(case, fiji_bundle, tmp_path):
     argument, message = _fatal_cases(tmp_path, fiji_bundle)[case]
     before = tree_hashes(tmp_path)
-    res = run_macro(BATCH, argument, timeout=60)
+    res = run_macro(MACRO, argument, timeout=60)
     assert res.returncode == 2
     assert message in res.stderr
     assert tree_hashes(tmp_path) == before, "a refused run must write nothing"
@@ -625,7 +618,7 @@ def test_batch_macro_stops_with_a_message(case, fiji_bundle, tmp_path):
 
 @pytest.mark.imagej
 @needs_imagej
-def test_batch_macro_without_deepimagej_says_so(fiji_bundle, tmp_path):
+def test_folder_input_without_deepimagej_says_so(fiji_bundle, tmp_path):
     import tifffile
 
     src = tmp_path / "in"
@@ -633,7 +626,7 @@ def test_batch_macro_without_deepimagej_says_so(fiji_bundle, tmp_path):
     tifffile.imwrite(src / "x.tif", np.ones((32, 32), np.float32))
     empty_home = tmp_path / "fresh_imagej"
     (empty_home / "plugins").mkdir(parents=True)
-    res = run_macro(BATCH, args(model=fiji_bundle, input=src, output=tmp_path / "out"),
+    res = run_macro(MACRO, args(model=fiji_bundle, input=src, output=tmp_path / "out"),
                     java_options=(f"-Dplugins.dir={empty_home}",))
     assert res.returncode == 2
     assert 'DeepImageJ is not installed (no command "DeepImageJ Run")' in res.stderr
@@ -641,21 +634,18 @@ def test_batch_macro_without_deepimagej_says_so(fiji_bundle, tmp_path):
 
 @pytest.mark.imagej
 @needs_imagej
-@pytest.mark.parametrize("macro, title", [(BATCH, "w2sr: DeepImageJ batch super-resolution"),
-                                          (SINGLE, "w2sr: DeepImageJ super-resolution of one image")],
-                         ids=["batch", "single"])
-def test_macros_without_arguments_ask_in_a_dialog(macro, title):
-    res = run_macro(macro, "", timeout=60)
+def test_macro_without_arguments_asks_in_a_dialog():
+    res = run_macro(MACRO, "", timeout=60)
     assert res.returncode == imagej_runner.DIALOG
-    assert f"'{title}'" in res.stderr
+    assert "'w2sr: DeepImageJ super-resolution'" in res.stderr
 
 
 # --------------------------------------------------------------------------------------------
-# single-image macro
+# an image file as input
 # --------------------------------------------------------------------------------------------
 @pytest.mark.imagej
 @needs_imagej
-def test_single_image_macro(fiji_bundle, predictor, tmp_path):
+def test_image_file_input(fiji_bundle, predictor, tmp_path):
     import tifffile
 
     src, out = tmp_path / "in", tmp_path / "sr"
@@ -664,7 +654,7 @@ def test_single_image_macro(fiji_bundle, predictor, tmp_path):
     tifffile.imwrite(src / "hyper stack.tif", raw, imagej=True, resolution=(1 / 0.16, 1 / 0.16),
                      metadata={"unit": "micron", "axes": "ZCYX"})
     before = tree_hashes(src)
-    res = run_macro(SINGLE, args(model=fiji_bundle, input=src / "hyper stack.tif", output=out))
+    res = run_macro(MACRO, args(model=fiji_bundle, input=src / "hyper stack.tif", output=out))
     assert res.returncode == 0, res.stderr
     assert "done hyper stack.tif" in res.stdout
     got, px, unit, meta = read_tif(out / "hyper stack_sr.tif")
@@ -675,17 +665,17 @@ def test_single_image_macro(fiji_bundle, predictor, tmp_path):
     planes = stored.reshape(-1, 24, 28)
     expected = np.stack([predictor(p.astype(np.float32)) for p in planes])
     assert got.shape == stored.shape[:-2] + (48, 56)
-    assert_zoo_close(got.reshape(expected.shape), expected, "hyperstack via the single-image macro")
+    assert_zoo_close(got.reshape(expected.shape), expected, "hyperstack given as an image file")
     assert tree_hashes(src) == before
 
-    again = run_macro(SINGLE, args(model=fiji_bundle, input=src / "hyper stack.tif", output=out))
+    again = run_macro(MACRO, args(model=fiji_bundle, input=src / "hyper stack.tif", output=out))
     assert again.returncode == 2 and "Output exists" in again.stderr
 
 
 @pytest.mark.imagej
 @needs_imagej
 @pytest.mark.parametrize("case", ["missing_image", "unreadable_image", "output_is_image_folder", "not_an_image"])
-def test_single_image_macro_failures(case, fiji_bundle, tmp_path):
+def test_image_file_input_failures(case, fiji_bundle, tmp_path):
     src, out = tmp_path / "in", tmp_path / "sr"
     src.mkdir()
     (src / "broken.tif").write_bytes(os.urandom(500))
@@ -699,11 +689,34 @@ def test_single_image_macro_failures(case, fiji_bundle, tmp_path):
         "not_an_image": (args(model=fiji_bundle, input=src / "notes.txt", output=out), "Not an image file"),
     }[case]
     before = tree_hashes(src)
-    res = run_macro(SINGLE, argument, timeout=60)
+    res = run_macro(MACRO, argument, timeout=60)
     assert res.returncode == 2
     assert message in res.stderr
     assert tree_hashes(src) == before
     assert not list(out.glob("*.tif")) if out.exists() else True
+
+
+@pytest.mark.imagej
+@needs_imagej
+def test_an_image_gives_the_same_file_as_a_file_input_and_in_a_folder(fiji_bundle, tmp_path):
+    """One predictImage path for both inputs: the same bytes (and so pixels, calibration, layout),
+    here for a calibrated 16-bit Z stack small enough to be mirror-padded."""
+    import tifffile
+
+    src = tmp_path / "in"
+    src.mkdir()
+    raw = (np.random.default_rng(4).random((2, 27, 44)) * 3000).astype(np.uint16)
+    tifffile.imwrite(src / "cell.tif", raw, imagej=True, resolution=(10.0, 10.0),
+                     metadata={"unit": "micron", "axes": "ZYX", "spacing": 0.3})
+    by_folder, by_file = tmp_path / "by_folder", tmp_path / "by_file"
+    res = run_macro(MACRO, args(model=fiji_bundle, input=src, output=by_folder))
+    assert res.returncode == 0 and "Summary: 1 done, 0 skipped, 0 failed" in res.stdout, res.stderr
+    res = run_macro(MACRO, args(model=fiji_bundle, input=src / "cell.tif", output=by_file))
+    assert res.returncode == 0 and "done cell.tif" in res.stdout and "Summary:" not in res.stdout, res.stderr
+    assert sorted(p.name for p in by_folder.iterdir()) == sorted(p.name for p in by_file.iterdir()) == ["cell_sr.tif"]
+    a, b = read_tif(by_folder / "cell_sr.tif"), read_tif(by_file / "cell_sr.tif")
+    assert a[0].shape == (2, 54, 88) and np.array_equal(a[0], b[0]) and a[1:3] == b[1:3]
+    assert (by_folder / "cell_sr.tif").read_bytes() == (by_file / "cell_sr.tif").read_bytes()
 
 
 # --------------------------------------------------------------------------------------------

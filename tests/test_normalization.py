@@ -99,7 +99,7 @@ def test_pixel_type_does_not_change_the_output(bundle, dtype):
         _close(run(bundle, img.astype(dtype)), run(bundle, img.astype(np.float64)), f"{path}, {dtype}")
 
 
-def test_the_batch_macros_padding_keeps_the_percentiles(tmp_path):
+def test_the_fiji_macros_padding_keeps_the_percentiles(tmp_path):
     """Small images are padded with whole mirrored copies (export.jdll.macro_canvas): same
     percentiles, so the network sees the image's own normalisation."""
     import yaml

@@ -47,12 +47,12 @@ def test_odd_sizes_and_bit_depths_match_keras(report):
         assert ((333, 517), dtype, "onnx") in seen
     assert ((333, 517), "float32", "savedmodel") in seen
     assert ((61, 40), "uint16", "onnx") in seen
-    assert ((333, 517), "float32", "deepimagej-3.1 (onnx, batch macro)") in seen
+    assert ((333, 517), "float32", "deepimagej-3.1 (onnx, Fiji macro)") in seen
     for s in report.sizes:
         assert s.status == "passed", s
         assert s.reference == "keras"
         if s.runtime.startswith("deepimagej"):
-            # DeepImageJ's tiles are the rdf's fixed size; the batch macro pads small sides by whole
+            # DeepImageJ's tiles are the rdf's fixed size; the Fiji macro pads small sides by whole
             # mirrored copies (up to at least tile - 2 * halo)
             assert all(c == n or (c % n == 0 and c > n) for c, n in zip(s.canvas, s.shape)), s
         else:

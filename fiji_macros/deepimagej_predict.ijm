@@ -1,29 +1,34 @@
-// deepimagej_batch_folder.ijm - denoise + 2x super-resolve every image of a folder with DeepImageJ.
+// deepimagej_predict.ijm - denoise + 2x super-resolve one image, or every image of a folder, with DeepImageJ.
 //
 // For the w2sr bundle (rdf.yaml format 0.4.10) installed in Fiji with DeepImageJ 3.1 or newer.
 // Each image (8-, 16- or 32-bit; 2D, stack or hyperstack) is processed plane by plane and saved as
 // OUTPUT/<name>_sr.tif: 32-bit, twice the width and height, pixel size halved, same stack layout.
 //
 // HEADLESS (Fiji):
-//   ImageJ-linux64 --headless --console -macro deepimagej_batch_folder.ijm \
+//   ImageJ-linux64 --headless --console -macro deepimagej_predict.ijm \
 //       "model=[/path/to/Fiji.app/models/w2sr_bundle] input=[/data/widefield] output=[/data/sr]"
 // Keys (key=value, separated by spaces; put values with spaces in [brackets]):
 //   model      model folder (the unzipped bundle, with rdf.yaml): absolute path, or the name of a
 //              folder inside Fiji.app/models
-//   input      folder with the images (not searched recursively)
-//   output     folder for the results; created if missing; must not be the input folder
-//   overwrite  true to replace existing <name>_sr.tif files (default false: they are skipped)
-// GUI: Plugins > Macros > Run... (or drag onto Fiji and Run) without arguments opens a dialog.
+//   input      an image file, or a folder of images (not searched recursively)
+//   output     folder for the results; created if missing; must not be the input (image's) folder
+//   overwrite  true to replace existing <name>_sr.tif files (default false: in a folder they are
+//              skipped; for an image file the macro stops instead)
+// GUI: run it without arguments: a dialog asks for the paths (the active image's file is proposed;
+// Browse picks a file, a folder can be typed or dropped on the field); an image file's result is
+// opened when done.
 //
-// What counts as what:
+// An image file: every problem (image unreadable, existing output, DeepImageJ failing or unable to
+// run the image) stops the macro with exit("...") and a message; nothing else is written.
+// A folder, what counts as what (one Log line per file, then a Summary line):
 //   done     <name>_sr.tif written
 //   skipped  not an image file (by extension), hidden file or folder, output exists (no overwrite),
 //            or too large for DeepImageJ 3.1 (logged as a WARNING naming the file; use w2sr predict)
 //   failed   an image file that cannot be opened or predicted: logged with the reason, the batch goes on
-// Fatal problems (no model, model folder without rdf.yaml, input folder missing or without images,
-// output folder = input folder, DeepImageJ not installed) stop the macro with exit("...") before
-// anything is written. When any file failed, the macro ends with exit("...") listing them, so a
-// headless caller sees the failure. Inputs are never written to.
+// When any file failed, the macro ends with exit("...") listing them, so a headless caller sees it.
+// Fatal problems (no model, model folder without rdf.yaml, input missing, not an image file or a
+// folder without images, output folder = the input's folder, DeepImageJ not installed) stop the
+// macro with exit("...") before anything is written. Inputs are never written to.
 //
 // HOW THE MODEL IS CALLED (DeepImageJ 3.1 macro syntax, snake_case keys, since July 2025):
 //   run("DeepImageJ Run", "model_path=[MODEL] input_path=[TMP/in] output_folder=[TMP/out] display_output=null");
@@ -63,10 +68,16 @@ var OUT_PLANE = "w2sr_result_plane_";
 var SKIP = "SKIP: "; // prefix of predictImage's reasons to skip (not fail) an image
 
 arg = getArgument();
-if (arg == "") {
-    Dialog.create("w2sr: DeepImageJ batch super-resolution");
+interactive = (arg == "");
+if (interactive) {
+    proposed = ""; // the active image's file, if it has one
+    if (nImages > 0)
+        if (getInfo("image.filename") != "")
+            proposed = getInfo("image.directory") + getInfo("image.filename");
+    Dialog.create("w2sr: DeepImageJ super-resolution");
     Dialog.addDirectory("Model folder (with rdf.yaml)", getDirectory("imagej") + "models" + File.separator);
-    Dialog.addDirectory("Input folder", "");
+    Dialog.addFile("Input image file or folder", proposed);
+    Dialog.addMessage("Browse picks an image file; for every image of a folder, type or drop the folder.");
     Dialog.addDirectory("Output folder", "");
     Dialog.addCheckbox("Overwrite existing _sr.tif files", false);
     Dialog.show();
@@ -83,36 +94,54 @@ if (arg == "") {
 
 model = resolveModel(model);
 if (input == "")
-    exit("No input folder given (input=[/path/to/images]).");
-if (!File.isDirectory(input))
+    exit("No input given (input=[/path/to/image.tif] or input=[/path/to/folder]).");
+if (!File.exists(input)) { // named like an image: a missing image, else a missing folder
+    if (isImageName(input))
+        exit("Input image not found: " + input);
     exit("Input folder not found: " + input);
-input = withSlash(input);
+}
+folderMode = File.isDirectory(input); // else one image file, as DeepImageJ 3.1's input_path
+if (folderMode) {
+    inDir = withSlash(input);
+} else {
+    inDir = File.getDirectory(input);
+    if (!isImageName(File.getName(input)))
+        exit("Not an image file: " + input + " (expected " + String.join(IMAGE_EXTENSIONS, " ") + ")");
+}
 if (output == "")
     exit("No output folder given (output=[/path/for/results]).");
 output = withSlash(output);
-checkNotSameFolder(input, output);
+checkNotSameFolder(inDir, output);
 checkDeepImageJInstalled();
 
-files = getFileList(input);
-Array.sort(files);
-images = newArray(0);
 nSkipped = 0;
 skippedNames = "";
-for (i = 0; i < files.length; i++) {
-    f = files[i];
-    if (endsWith(f, "/") || startsWith(f, ".")) {
-        continue; // folders and hidden files are not inputs
+if (folderMode) {
+    files = getFileList(inDir);
+    Array.sort(files);
+    images = newArray(0);
+    for (i = 0; i < files.length; i++) {
+        f = files[i];
+        if (endsWith(f, "/") || startsWith(f, ".")) {
+            continue; // folders and hidden files are not inputs
+        }
+        if (!isImageName(f)) {
+            print("skipped " + f + ": not an image file");
+            nSkipped++;
+            skippedNames = skippedNames + " " + f;
+        } else {
+            images = Array.concat(images, f);
+        }
     }
-    if (!isImageName(f)) {
-        print("skipped " + f + ": not an image file");
-        nSkipped++;
-        skippedNames = skippedNames + " " + f;
-    } else {
-        images = Array.concat(images, f);
-    }
+    if (images.length == 0)
+        exit("No image files in " + inDir + " (looked for " + String.join(IMAGE_EXTENSIONS, " ") + ").");
+} else {
+    images = newArray(File.getName(input));
+    outPath = output + File.getNameWithoutExtension(images[0]) + OUTPUT_SUFFIX;
+    if (File.exists(outPath) && !overwrite) // an image file's good result stops the macro here
+        if (outputIsGood(outPath)) // && does not short-circuit in the macro language
+            exit("Output exists: " + outPath + " (overwrite=true to replace it).");
 }
-if (images.length == 0)
-    exit("No image files in " + input + " (looked for " + String.join(IMAGE_EXTENSIONS, " ") + ").");
 
 if (!File.isDirectory(output))
     File.makeDirectory(output);
@@ -120,56 +149,75 @@ if (!File.isDirectory(output))
     exit("Cannot create the output folder: " + output);
 
 tmp = makeTempFolder();
+batchWas = is("Batch Mode");
 setBatchMode(true);
-print("w2sr batch: " + images.length + " image(s) from " + input + " -> " + output);
+if (folderMode)
+    print("w2sr batch: " + images.length + " image(s) from " + inDir + " -> " + output);
+else
+    print("w2sr: " + input + " -> " + outPath);
 print("model: " + model);
 nDone = 0;
 nFailed = 0;
 failedNames = "";
+err = "";
 t0 = getTime();
 for (i = 0; i < images.length; i++) {
     name = images[i];
     outPath = output + File.getNameWithoutExtension(name) + OUTPUT_SUFFIX;
+    tag = ""; // a folder's Log lines start with [i/N]
+    if (folderMode)
+        tag = "[" + (i + 1) + "/" + images.length + "] ";
     keep = false; // an existing result counts as done only if it is a good one (&& does not short-circuit)
     if (File.exists(outPath) && !overwrite) {
         keep = outputIsGood(outPath);
         if (!keep)
-            print("[" + (i + 1) + "/" + images.length + "] " + outPath + " exists but holds NaN/Inf or is unreadable (an earlier bad run): replacing it");
+            print(tag + outPath + " exists but holds NaN/Inf or is unreadable (an earlier bad run): replacing it");
     }
     if (keep) {
-        print("[" + (i + 1) + "/" + images.length + "] skipped " + name + ": " + outPath + " exists (overwrite=true to replace)");
+        print(tag + "skipped " + name + ": " + outPath + " exists (overwrite=true to replace)");
         nSkipped++;
         skippedNames = skippedNames + " " + name;
         continue;
     }
     t1 = getTime();
     showProgress(i, images.length);
-    err = processFile(input + name, outPath, model, tmp);
+    err = processFile(inDir + name, outPath, model, tmp);
     if (err == "") {
         nDone++;
-        print("[" + (i + 1) + "/" + images.length + "] done " + name + " -> " + outPath + " (" + d2s((getTime() - t1) / 1000, 1) + " s)");
+        print(tag + "done " + name + " -> " + outPath + " (" + d2s((getTime() - t1) / 1000, 1) + " s)");
     } else if (startsWith(err, SKIP)) {
         nSkipped++;
         skippedNames = skippedNames + " " + name;
-        print("[" + (i + 1) + "/" + images.length + "] WARNING: skipped " + name + ": " + substring(err, lengthOf(SKIP)));
+        if (folderMode)
+            print(tag + "WARNING: skipped " + name + ": " + substring(err, lengthOf(SKIP)));
     } else {
         nFailed++;
         failedNames = failedNames + " " + name;
-        print("[" + (i + 1) + "/" + images.length + "] FAILED " + name + ": " + err);
+        if (folderMode)
+            print(tag + "FAILED " + name + ": " + err);
     }
 }
 removeTempFolder(tmp);
-setBatchMode(false);
+setBatchMode(batchWas);
 showProgress(1, 1);
-print("Summary: " + nDone + " done, " + nSkipped + " skipped, " + nFailed + " failed (" + d2s((getTime() - t0) / 1000, 1) + " s)");
-if (nSkipped > 0)
-    print("  skipped:" + skippedNames);
-if (nFailed > 0) {
-    print("  failed:" + failedNames);
-    exit("" + nFailed + " of " + images.length + " image(s) failed:" + failedNames + " (reasons in the Log)");
+if (!folderMode) { // an image file: its problem is the exit message
+    if (startsWith(err, SKIP))
+        exit("SKIPPED " + name + ": " + substring(err, lengthOf(SKIP)));
+    if (err != "")
+        exit("FAILED " + name + ": " + err);
+    if (interactive)
+        open(outPath);
+} else {
+    print("Summary: " + nDone + " done, " + nSkipped + " skipped, " + nFailed + " failed (" + d2s((getTime() - t0) / 1000, 1) + " s)");
+    if (nSkipped > 0)
+        print("  skipped:" + skippedNames);
+    if (nFailed > 0) {
+        print("  failed:" + failedNames);
+        exit("" + nFailed + " of " + images.length + " image(s) failed:" + failedNames + " (reasons in the Log)");
+    }
 }
 
-// ---- shared functions (keep identical in deepimagej_single_image.ijm and deepimagej_batch_folder.ijm) ----
+// ---- functions ----
 
 // Value of key in a "key=value key2=[value 2]" argument string ("" when absent).
 function argValue(args, key) {
@@ -607,5 +655,3 @@ function outputIsGood(path) {
     close();
     return good;
 }
-
-// ---- end of shared functions ----
