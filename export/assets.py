@@ -12,7 +12,7 @@ import numpy as np
 from training.run_folder import TrainedModel
 from w2sr.core.contract import POST_MACRO, PRE_MACRO, SCALE, TEST_INPUT, TEST_OUTPUT
 from w2sr.core.errors import UserError
-from w2sr.core.normalization import Normalization
+from w2sr.core.normalization import EPS, Normalization
 from w2sr.core.tiling import center_crop
 
 log = logging.getLogger(__name__)
@@ -119,8 +119,6 @@ def write_test_data(stage: Path, image: np.ndarray, size: int, maths: Normalizat
 def write_macros(stage: Path, maths: Normalization) -> tuple[list[str], list[str]]:
     """The DeepImageJ 2.1 pre/post macros and the Fiji macros (``fiji_macros/``); returns the paths
     of each inside the bundle (rdf attachments)."""
-    from export.rdf import deepimagej_macros
-
     pre_txt, post_txt = deepimagej_macros(maths)
     (stage / PRE_MACRO).write_text(pre_txt)
     (stage / POST_MACRO).write_text(post_txt)
@@ -130,3 +128,42 @@ def write_macros(stage: Path, maths: Normalization) -> tuple[list[str], list[str
         shutil.copy2(m, stage / "fiji_macros" / m.name)
         names.append(f"fiji_macros/{m.name}")
     return [PRE_MACRO, POST_MACRO], names
+
+
+def deepimagej_macros(norm: Normalization) -> tuple[str, str]:
+    """ImageJ macros doing exactly the rdf's pre- and postprocessing (for DeepImageJ 2.1)."""
+    head = "// {} of the w2sr model for DeepImageJ 2.1 (DeepImageJ 3 uses the rdf's own ops).\n"
+    if norm.percentile:
+        lo, hi = _nine(norm.low_percentile), _nine(norm.high_percentile)
+        pre = head.format("Preprocessing") + f"""// scale_range, per image: x -> (x - p{lo!r}) / (p{hi!r} - p{lo!r} + 1e-6), where pP is the sorted
+// pixel values' element int(N * P / 100) (JDLL's percentile, w2sr/core/normalization.py).
+// Converted to 32-bit first: on 8/16-bit images ImageJ would round every step to integers.
+if (bitDepth() != 32) run("32-bit");
+w = getWidth(); h = getHeight(); n = w * h;
+v = newArray(n);
+for (y = 0; y < h; y++) for (x = 0; x < w; x++) v[y * w + x] = getPixel(x, y);
+Array.sort(v);
+lo = v[minOf(floor(n * ({lo!r} / 100)), n - 1)];
+hi = v[minOf(floor(n * ({hi!r} / 100)), n - 1)];
+run("Subtract...", "value=" + d2s(lo, 9) + " slice");
+run("Divide...", "value=" + d2s(hi - lo + 1e-6, 9) + " slice");
+"""
+        post = head.format("Postprocessing") + "// none: outputs stay in normalised units (about 0 = background, 1 = bright)\n"
+        return pre, post
+    pre = head.format("Preprocessing") + f"""// zero_mean_unit_variance, fixed: x -> (x - {_nine(norm.input_mean)}) / ({_nine(norm.input_std)} + 1e-6)
+// Converted to 32-bit first: on 8/16-bit images ImageJ would round every step to integers.
+if (bitDepth() != 32) run("32-bit");
+run("Subtract...", "value={_nine(norm.input_mean)!r} slice");
+run("Divide...", "value={_nine(float(norm.input_std) + EPS)!r} slice");
+"""
+    post = head.format("Postprocessing") + f"""// scale_linear: y -> y * {_nine(norm.target_std)} + {_nine(norm.target_mean)} (network units -> SIM intensity units)
+if (bitDepth() != 32) run("32-bit");
+run("Multiply...", "value={_nine(norm.target_std)!r} slice");
+run("Add...", "value={_nine(norm.target_mean)!r} slice");
+"""
+    return pre, post
+
+
+def _nine(x: float) -> float:
+    """Nine significant digits: what the macros and the rdf write."""
+    return float(f"{float(x):.9g}")

@@ -166,6 +166,7 @@ def export_bundle(source: str | Path, out: str | Path, options: Optional[ExportO
     opt = ExportOptions(**{**(asdict(options) if options else {}), **overrides})
     t_start = time.perf_counter()
     out = Path(out)
+    _tidy_after_killed_exports(out)
     if opt.tile < 16:
         raise UserError(f"--tile {opt.tile}: DeepImageJ's tile must be at least 16 px (default {DEFAULT_TILE})")
     src = open_trained(source, opt.config)
@@ -185,13 +186,19 @@ def export_bundle(source: str | Path, out: str | Path, options: Optional[ExportO
     return out
 
 
+def _tidy_after_killed_exports(out: Path) -> None:
+    """Before anything else: a killed swap gives the old bundle back, killed exports' staging folders go."""
+    from w2sr.core.files import recover_replaced_dir, sweep_stale
+
+    recover_replaced_dir(out)
+    sweep_stale(out.parent, prefix=f".{out.name}.staging.")
+
+
 @contextlib.contextmanager
 def _staging(out: Path) -> Iterator[Path]:
     """A fresh staging folder beside ``out``, removed when anything fails (a full disk in one line)."""
-    from w2sr.core.files import disk_problem, recover_replaced_dir, sweep_stale, temp_prefix
+    from w2sr.core.files import disk_problem, temp_prefix
 
-    recover_replaced_dir(out)  # a killed swap: the old bundle comes back before anything else
-    sweep_stale(out.parent, prefix=f".{out.name}.staging.")  # staging folders of killed exports
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name, "staging"), dir=out.parent))
@@ -337,7 +344,8 @@ def _validate(stage: Path, out: Path, opt: ExportOptions):
 
 def _document(stage: Path, doc: dict, report, hm, name: str, run_name: str, attachments: list[str]) -> None:
     """parity.md/json, the README with the validation results, the file list; the final rdf."""
-    from export.rdf import render_readme, validate_rdf_format, write_rdf
+    from export.bundle_readme import render_readme
+    from export.rdf import validate_rdf_format, write_rdf
     from export.validate import format_report, write_report
 
     write_report(report, stage)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from tests.fixtures import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO  # the repository root
 PACKAGES = ("w2sr", "training", "export", "fiji_macros")
 
 #: module prefix -> layer; a module may import its own layer and the layers below it

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from export_fixtures import tiny_run  # noqa: F401
-from predict_fixtures import write_bundle
+from tests.fixtures.tiny_model import write_bundle
 from w2sr.cli import main as cli
 
 

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from predict_fixtures import write_bundle
+from tests.fixtures.tiny_model import write_bundle
 from w2sr.core.files import atomic_path, recover_replaced_dir, sweep_stale, temp_prefix
 from w2sr.cli import main as cli
+from tests.fixtures import REPO
 
 
 def dead_pid() -> int:
@@ -96,7 +97,7 @@ def test_subprocesses_die_with_their_parent(tmp_path):
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], preexec_fn=die_with_parent)
         open({str(pid_file)!r}, "w").write(str(child.pid))
         time.sleep(120)
-    """)], cwd=Path(__file__).resolve().parents[1])
+    """)], cwd=REPO)
     deadline = time.time() + 30
     while not pid_file.exists() or not pid_file.read_text():
         assert time.time() < deadline, "the parent never started its child"

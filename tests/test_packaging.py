@@ -6,9 +6,9 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
+from tests.fixtures import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO  # the repository root
 
 
 def test_the_wheel_carries_the_fiji_macros_and_the_configs(tmp_path):

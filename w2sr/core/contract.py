@@ -36,7 +36,7 @@ POST_MACRO = "postprocessing.ijm"
 #: the zoo's per-pixel tolerance for reproducing test outputs: |a - b| <= ATOL + RTOL * |b|
 ATOL = 1.5e-4
 RTOL = 1e-4
-#: the rule as people read it (help texts, reports); tests/test_engines.py checks it against the numbers
+#: the rule as people read it (help texts, reports); tests/export/test_engines.py checks it against the numbers
 RULE = "|a-b| <= 1.5e-4 + 1e-4|b|"
 
 

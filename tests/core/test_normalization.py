@@ -19,7 +19,7 @@ from w2sr.core.contract import outside_tolerance
 from w2sr.predict.model import Model, Settings
 from w2sr.core.normalization import Normalization, NormalizationError, jdll_percentile
 from export.runtimes import OnnxRuntime
-from predict_fixtures import write_bundle
+from tests.fixtures.tiny_model import write_bundle
 from w2sr.cli import main as cli
 
 

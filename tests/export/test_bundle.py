@@ -1,6 +1,6 @@
 """Exporter tests on a tiny real RRDBNet: files, zip layouts, rdf, op set, ONNX, determinism, refusals.
 
-The bundle is built once (tests/export_fixtures.py) by the real exporter, which also runs
+The bundle is built once (tests/fixtures/runs.py, tests/conftest.py) by the real exporter, which also runs
 ``bioimageio test`` on the 0.4.10 rdf and on the 0.5 package and refuses to write a bundle that fails.
 """
 from __future__ import annotations
@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import yaml
 
-from export_fixtures import NORM, exported_bundle, make_run, tiny_run  # noqa: F401
+from tests.fixtures.runs import make_run
 from w2sr.core.errors import UserError
+from tests.fixtures import REPO
 
 EXPECTED_FILES = [
     "rdf.yaml", "tf_saved_model.zip", "weights.onnx", "test_input.npy", "test_output.npy",
@@ -68,7 +69,7 @@ def test_deepimagej_zip_layout(exported_bundle):
     for f in doc["attachments"]["files"]:
         assert f in names
     assert "generator.keras" not in names and not any(n.startswith("packages/") for n in names)
-    macros = sorted(p.name for p in (Path(__file__).parent.parent / "fiji_macros").glob("*.ijm"))
+    macros = sorted(p.name for p in (REPO / "fiji_macros").glob("*.ijm"))
     assert sorted(n.split("/", 1)[1] for n in names if n.startswith("fiji_macros/") and n.endswith(".ijm")) == macros
 
 

@@ -1,6 +1,6 @@
 """``w2sr predict``: real files in, real TIFFs out, real onnxruntime / TensorFlow / dask cluster.
 
-The bundle is the tiny 2x model of tests/predict_fixtures.py (halo 4, sizes 16 + n*8,
+The bundle is the tiny 2x model of tests/fixtures/tiny_model.py (halo 4, sizes 16 + n*8,
 normalisation mean 100 / std 20 in, 50 / 10 out), so every output can be checked against
 ``processing + predict_whole`` computed here with onnxruntime directly.
 """
@@ -23,10 +23,10 @@ from export.bundle_info import read_bundle
 from w2sr.core.contract import outside_tolerance
 from w2sr.core.normalization import postprocess, preprocess
 from w2sr.core.tiling import predict_whole
-from predict_fixtures import write_bundle
+from tests.fixtures.tiny_model import write_bundle
 from w2sr.cli import main as cli
+from tests.fixtures import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

@@ -11,37 +11,29 @@ once per session (W2SR_FIJI_TEST_BUNDLE=/path/to/bundle uses an existing bundle 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from fiji_macros import imagej_runner
+from tests.fixtures import REPO
+from w2sr.core.contract import ATOL as ZOO_ATOL, RTOL as ZOO_RTOL
+
+ROOT = REPO  # the repository root
 MACROS = ROOT / "fiji_macros"
 MACRO = MACROS / "deepimagej_predict.ijm"  # input = an image file or a folder
 
 
-def _load_runner():
-    spec = importlib.util.spec_from_file_location("w2sr_imagej_runner", MACROS / "imagej_runner.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-imagej_runner = _load_runner()
 _MISSING = imagej_runner.missing_tools()
 needs_imagej = pytest.mark.skipif(bool(_MISSING), reason="cannot run ImageJ here, missing: " + "; ".join(_MISSING)
                                   + " (scripts/install_system_deps.sh installs them)")
 imagej = [pytest.mark.imagej, needs_imagej]
 
-from w2sr.core.contract import ATOL as ZOO_ATOL, RTOL as ZOO_RTOL  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------

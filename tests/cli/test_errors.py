@@ -10,7 +10,7 @@ import pytest
 import tifffile
 import yaml
 
-from predict_fixtures import write_bundle
+from tests.fixtures.tiny_model import write_bundle
 from w2sr.cli import main as cli
 
 
@@ -144,7 +144,7 @@ def test_export_onto_a_read_only_disk_is_one_line(tmp_path, capsys, monkeypatch)
     import errno
     import tempfile
 
-    from export_fixtures import make_run
+    from tests.fixtures.runs import make_run
 
     run = make_run(tmp_path / "run")
 

@@ -5,7 +5,7 @@ dl-modelrunner-0.6.1: TileCalculator, TileMaker, TileGrid, ZeroMeanUnitVarianceT
 the exported bundle must satisfy them: processing kwargs JDLL accepts, one fixed tile whatever the
 image size, and DeepImageJ's output equal to test_output.npy / whole-image inference on every
 pixel, edges included. Real TensorFlow, ONNX Runtime and bioimageio.spec; the bundle is the tiny
-one of tests/export_fixtures.py (tile 128).
+one of tests/fixtures/runs.py, tests/conftest.py (tile 128).
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import pytest
 import yaml
 
 from export import jdll
-from export_fixtures import exported_bundle, tiny_run  # noqa: F401
 
 from w2sr.core.contract import ATOL as ZOO_ATOL, RTOL as ZOO_RTOL  # noqa: E402
 

@@ -14,7 +14,7 @@ from w2sr.core.cpu import cpu_flags, native_bf16
 from export.bundle_info import read_bundle
 from w2sr.core.contract import outside_tolerance
 from w2sr.predict.model import load_path
-from predict_fixtures import write_bundle
+from tests.fixtures.tiny_model import write_bundle
 from w2sr.core.errors import UserError
 
 NO_BF16 = frozenset({"avx2", "avx512f", "fma"})

@@ -19,6 +19,7 @@ import pytest
 from export.engine_envs import ENGINES, Engine, EngineUnavailable, default_cache_dir, ensure_engine_env, find_interpreter
 from export.engines import check_engines, format_table
 from w2sr.core.contract import ATOL, RTOL, RULE, zoo_close
+from tests.fixtures import REPO
 
 pytestmark = pytest.mark.engines
 
@@ -40,7 +41,7 @@ def _env_or_skip(key: str) -> Path:
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
     """A real bundle of a tiny generator (nb=1, nf=8, gc=4) written by the project's exporter."""
-    from tests.engine_fixtures import make_tiny_bundle
+    from tests.fixtures.engines import make_tiny_bundle
 
     return make_tiny_bundle(tmp_path_factory.mktemp("engines"))
 
@@ -78,7 +79,7 @@ def test_environment_is_built_once_and_runs_the_pinned_runtime(key):
     assert marker["runtime_version"] == engine.version
     assert marker["packages"] == list(engine.packages)
     assert env.parent == default_cache_dir()
-    assert not str(env).startswith(str(Path(__file__).resolve().parents[1])), "cache must be outside the repo"
+    assert not str(env).startswith(str(REPO)), "cache must be outside the repo"
     # cached: the second call neither rebuilds nor touches the marker
     t0 = time.time()
     again = ensure_engine_env(key)
@@ -220,7 +221,7 @@ def _record_new_weights(bundle: Path) -> None:
 def test_unfrozen_keras_export_fails_in_the_old_tensorflows(bundle, tmp_path):
     """The same generator exported by Keras (variables, not a frozen graph) does not load in TF 1.15
     or 2.7 - the default DeepImageJ engines - though it loads in 2.10: the check can fail."""
-    from tests.engine_fixtures import write_unfrozen_savedmodel_zip
+    from tests.fixtures.engines import write_unfrozen_savedmodel_zip
 
     for key in ("tf1.15", "tf2.7", "tf2.10"):
         _env_or_skip(key)

@@ -24,8 +24,8 @@ import pytest
 from w2sr.cli.train import parse_fovs
 from training.config import Config, PhaseConfig, apply_overrides, load_config, packaged_config, resolve_config_path
 from w2sr.core.errors import UserError
+from tests.fixtures import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
 

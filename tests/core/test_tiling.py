@@ -1,5 +1,5 @@
 """w2sr.core.tiling: tiled prediction equals whole-image prediction once the halo covers the model's
-receptive field, with a real ONNX model run by onnxruntime (tests/predict_fixtures.py)."""
+receptive field, with a real ONNX model run by onnxruntime (tests/fixtures/tiny_model.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +8,7 @@ import pytest
 from w2sr.core.contract import outside_tolerance
 from w2sr.core.tiling import (balanced_tile, canvas_shape, count_tiles, predict_tiled, predict_whole,
                            mirror_indices, tile_starts)
-from predict_fixtures import RF_RADIUS, write_tiny_onnx
+from tests.fixtures.tiny_model import RF_RADIUS, write_tiny_onnx
 
 MIN, STEP = 16, 8
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from export_fixtures import exported_bundle, tiny_run  # noqa: F401
 
 
 @pytest.fixture(scope="module")
