@@ -82,10 +82,6 @@ def _our_rdf(path: Path) -> Optional[dict]:
     return doc if isinstance((doc.get("config") or {}).get(MARKER_KEY), dict) else None
 
 
-def is_our_bundle(path: Path) -> bool:
-    return _our_rdf(path) is not None
-
-
 def check_out(out: Path, force: bool, name: Optional[str] = None) -> None:
     """May ``out`` receive a bundle named ``name``?
 

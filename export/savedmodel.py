@@ -16,13 +16,14 @@ byte-identical files. Each weight is stored once (as a graph constant; ``variabl
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -342,8 +343,11 @@ def unzip_savedmodel(path: str | Path) -> _Unzipped:
     return _Unzipped(path)
 
 
-def load_graph_def(path: str | Path) -> Any:
-    """The graph of a SavedModel (folder or zip), loaded with the TF1 loader and tag ``serve``."""
+@contextlib.contextmanager
+def tf1_session(path: str | Path) -> Iterator[tuple[Any, Any, Any]]:
+    """(session, meta graph, signature) of a SavedModel (folder or zip) loaded as DeepImageJ's TF 1.15
+    engine loads it: the TF1 loader, tag ``serve``, signature ``serving_default`` with the contract's
+    tensor names (UserError otherwise)."""
     import tensorflow as tf
 
     sm = _Unzipped(path)
@@ -355,21 +359,18 @@ def load_graph_def(path: str | Path) -> Any:
             if set(sig.inputs) != {INPUT_NAME} or set(sig.outputs) != {OUTPUT_NAME}:
                 raise UserError(f"{path}: signature '{SIGNATURE_KEY}' has inputs {list(sig.inputs)} and "
                                 f"outputs {list(sig.outputs)}, expected ['{INPUT_NAME}'] -> ['{OUTPUT_NAME}']")
-            return meta.graph_def
+            yield sess, meta, sig
     finally:
         sm.cleanup()
+
+
+def load_graph_def(path: str | Path) -> Any:
+    """The graph of a SavedModel (folder or zip), loaded with the TF1 loader and tag ``serve``."""
+    with tf1_session(path) as (_, meta, _sig):
+        return meta.graph_def
 
 
 def run_tf1(path: str | Path, x: np.ndarray) -> np.ndarray:
     """Run the SavedModel through the TF1 session API, as DeepImageJ's TF 1.15 engine does."""
-    import tensorflow as tf
-
-    sm = _Unzipped(path)
-    try:
-        graph = tf.Graph()
-        with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
-            meta = tf.compat.v1.saved_model.loader.load(sess, [TAG], str(sm.dir))
-            sig = meta.signature_def[SIGNATURE_KEY]
-            return sess.run(sig.outputs[OUTPUT_NAME].name, {sig.inputs[INPUT_NAME].name: np.asarray(x, np.float32)})
-    finally:
-        sm.cleanup()
+    with tf1_session(path) as (sess, _, sig):
+        return sess.run(sig.outputs[OUTPUT_NAME].name, {sig.inputs[INPUT_NAME].name: np.asarray(x, np.float32)})

@@ -28,6 +28,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _check_noise_level(v: int) -> int:
+    if v not in NOISE_LEVELS:
+        raise ValueError(f"noise_level must be one of {NOISE_LEVELS}, got {v}")
+    return v
+
+
 class SimulatorConfig(_Strict):
     """W2S-like synthetic pairs (see training/data/simulator.py)."""
 
@@ -39,12 +45,7 @@ class SimulatorConfig(_Strict):
     layout: Literal["raw", "npy", "png"] = "npy"
     n_frames: int = Field(400, ge=1, description="raw layout only: frames per FOV (W2S: 400; avg1 is frame 249)")
 
-    @field_validator("noise_level")
-    @classmethod
-    def _known_level(cls, v: int) -> int:
-        if v not in NOISE_LEVELS:
-            raise ValueError(f"noise_level must be one of {NOISE_LEVELS}, got {v}")
-        return v
+    _known_level = field_validator("noise_level")(_check_noise_level)
 
 
 class DataConfig(_Strict):
@@ -69,12 +70,7 @@ class DataConfig(_Strict):
     # (no shuffle buffer: every epoch is an exact permutation of all patches)
     simulate: Optional[SimulatorConfig] = None
 
-    @field_validator("noise_level")
-    @classmethod
-    def _known_level(cls, v: int) -> int:
-        if v not in NOISE_LEVELS:
-            raise ValueError(f"noise_level must be one of {NOISE_LEVELS}, got {v}")
-        return v
+    _known_level = field_validator("noise_level")(_check_noise_level)
 
     @model_validator(mode="after")
     def _splits(self) -> "DataConfig":

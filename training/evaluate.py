@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from w2sr.core.normalization import Normalization, NormalizationError
+from w2sr.core.normalization import Normalization
 from training import metrics
 from training.run_folder import RunFolder
 from w2sr.core.files import atomic_write_text
@@ -38,24 +38,13 @@ def load_run(run_dir: Path):
     return run.resolved_config(), run.load_generator()
 
 
-def predict_image(model, lr: np.ndarray, norm: Normalization) -> np.ndarray:
-    """One whole raw LR image (H, W) -> prediction (2H, 2W) in output units, float32."""
-    y = np.asarray(model(norm.input(lr)[None, :, :, None], training=False), np.float32)
-    return norm.output(y[0, :, :, 0])
-
-
 def compare_with_target(run, pair, norm: Normalization) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(model output, bicubic baseline, target), all in output units, for one pair; ``run`` maps a
     normalised (1, H, W, 1) input to the network's (1, 2H, 2W, 1) output. The one comparison that
     validation during training and ``w2sr evaluate`` share."""
-    try:
-        x = norm.input(pair.lr)
-    except NormalizationError as exc:
-        raise UserError(f"{pair.lr_source}: {exc}") from None
-    try:
-        target = norm.reference(pair.hr)
-    except NormalizationError as exc:
-        raise UserError(f"{pair.hr_source}: {exc}") from None
+    from training.data.pipeline import map_pair
+
+    x, target = map_pair(pair, norm.input, norm.reference)
     out = norm.output(np.asarray(run(x[None, :, :, None]), np.float32)[0, :, :, 0])
     if out.shape != target.shape:
         raise UserError(f"{pair.hr_source}: target shape {target.shape} is not 2x the input "

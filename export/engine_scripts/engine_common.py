@@ -1,4 +1,5 @@
 """Shared by the engine scripts (imported from their own folder; plain Python 3.7, no project imports)."""
+import platform
 import resource
 
 
@@ -13,3 +14,15 @@ def peak_rss_mb():
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def short_error(exc):
+    """An exception on a few lines at most, for the result file."""
+    lines = [ln for ln in "{}: {}".format(type(exc).__name__, exc).splitlines() if ln.strip()]
+    return " | ".join(lines[:6])[:1500]
+
+
+def result_header(runtime, version, import_s, numpy_version):
+    """The result file's first fields (the loaders fill ``loaders``)."""
+    return {"runtime": runtime, "version": version, "python": platform.python_version(),
+            "numpy": numpy_version, "import_s": import_s, "loaders": {}}

@@ -8,19 +8,13 @@ result: {"runtime": "onnxruntime", "version", "python", "peak_rss_mb", "loaders"
 """
 import json
 import os
-import platform
 import sys
 import time
 import traceback
 
 import numpy as np
 
-from engine_common import peak_rss_mb  # beside this script
-
-
-def _short_error(exc):
-    lines = [ln for ln in "{}: {}".format(type(exc).__name__, exc).splitlines() if ln.strip()]
-    return " | ".join(lines[:6])[:1500]
+from engine_common import peak_rss_mb, result_header, short_error  # beside this script
 
 
 def main(job_path, result_path):
@@ -28,14 +22,7 @@ def main(job_path, result_path):
         job = json.load(fh)
     t_import = time.time()
     import onnxruntime as ort  # noqa: E402
-    result = {
-        "runtime": "onnxruntime",
-        "version": ort.__version__,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "import_s": time.time() - t_import,
-        "loaders": {},
-    }
+    result = result_header("onnxruntime", ort.__version__, time.time() - t_import, np.__version__)
     x = np.load(job["input_npy"]).astype(np.float32)
     entry = {"loaded": False, "ran": False}
     t0 = time.time()
@@ -64,7 +51,7 @@ def main(job_path, result_path):
         entry["output_npy"] = out
         entry["shape"] = list(y.shape)
     except Exception as exc:  # noqa: BLE001 - the failure is what we report
-        entry["error"] = ("run failed: " if entry["loaded"] else "load failed: ") + _short_error(exc)
+        entry["error"] = ("run failed: " if entry["loaded"] else "load failed: ") + short_error(exc)
         entry.setdefault("load_s", time.time() - t0)
     result["loaders"]["ort_session"] = entry
     result["peak_rss_mb"] = peak_rss_mb()

@@ -19,7 +19,6 @@ reported for information (DeepImageJ does not use it).
 """
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -29,15 +28,7 @@ import zipfile
 
 import numpy as np
 
-from engine_common import peak_rss_mb  # beside this script
-
-
-def _short_error(exc):
-    text = "{}: {}".format(type(exc).__name__, exc)
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    # TensorFlow errors can be hundreds of lines (whole NodeDefs); keep the start that names the problem
-    text = " | ".join(lines[:6])
-    return text[:1500]
+from engine_common import peak_rss_mb, result_header, short_error  # beside this script
 
 
 def unzip_like_deepimagej(zip_path, dest):
@@ -66,7 +57,7 @@ def run_v1_session(tf, model_dir, x, input_key, output_key, per_sample=False):
             sess = v1.Session(graph=graph)
             meta = v1.saved_model.loader.load(sess, ["serve"], model_dir)
     except Exception as exc:  # noqa: BLE001 - any load failure is the finding we report
-        entry["error"] = "load failed: " + _short_error(exc)
+        entry["error"] = "load failed: " + short_error(exc)
         entry["load_s"] = time.time() - t0
         return entry, None
     entry["load_s"] = time.time() - t0
@@ -89,7 +80,7 @@ def run_v1_session(tf, model_dir, x, input_key, output_key, per_sample=False):
         entry["ran"] = True
         return entry, np.asarray(y, dtype=np.float32)
     except Exception as exc:  # noqa: BLE001
-        entry["error"] = "run failed: " + _short_error(exc)
+        entry["error"] = "run failed: " + short_error(exc)
         return entry, None
     finally:
         sess.close()
@@ -102,7 +93,7 @@ def run_tf2_load(tf, model_dir, x, input_key, output_key, per_sample=False):
         obj = tf.saved_model.load(model_dir)
         fn = obj.signatures["serving_default"]
     except Exception as exc:  # noqa: BLE001
-        entry["error"] = "load failed: " + _short_error(exc)
+        entry["error"] = "load failed: " + short_error(exc)
         entry["load_s"] = time.time() - t0
         return entry, None
     entry["load_s"] = time.time() - t0
@@ -121,7 +112,7 @@ def run_tf2_load(tf, model_dir, x, input_key, output_key, per_sample=False):
         entry["ran"] = True
         return entry, np.asarray(y, dtype=np.float32)
     except Exception as exc:  # noqa: BLE001
-        entry["error"] = "run failed: " + _short_error(exc)
+        entry["error"] = "run failed: " + short_error(exc)
         return entry, None
 
 
@@ -130,14 +121,7 @@ def main(job_path, result_path):
         job = json.load(fh)
     t_import = time.time()
     import tensorflow as tf  # noqa: E402 - timed on purpose
-    result = {
-        "runtime": "tensorflow",
-        "version": tf.__version__,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "import_s": time.time() - t_import,
-        "loaders": {},
-    }
+    result = result_header("tensorflow", tf.__version__, time.time() - t_import, np.__version__)
     x = np.load(job["input_npy"]).astype(np.float32)
     workdir = tempfile.mkdtemp(prefix="w2sr-engine-")
     try:
@@ -151,7 +135,7 @@ def main(job_path, result_path):
             try:
                 entry, y = fn(tf, model_dir, x, job["input_key"], job["output_key"], job.get("per_sample", False))
             except Exception as exc:  # noqa: BLE001 - never lose the other loader's result
-                entry, y = {"loaded": False, "ran": False, "error": _short_error(exc)}, None
+                entry, y = {"loaded": False, "ran": False, "error": short_error(exc)}, None
             if y is not None:
                 out = os.path.join(job["out_dir"], name + ".npy")
                 np.save(out, y)

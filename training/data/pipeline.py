@@ -11,7 +11,7 @@ already done.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -59,13 +59,19 @@ def normalize_pair(pair: "ImagePair", norm: NormalizationConfig) -> tuple[np.nda
     """Network input and target of one pair, with the bundle's own normalisation maths; a file whose
     percentiles coincide is a DataError naming it."""
     _require_resolved(norm)
-    maths = norm.maths
+    return map_pair(pair, norm.maths.input, norm.maths.target)
+
+
+def map_pair(pair: "ImagePair", lr_map: Callable[[np.ndarray], np.ndarray],
+             hr_map: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``(lr_map(pair.lr), hr_map(pair.hr))``; an image the normalisation refuses (its two percentiles
+    coincide) is a DataError naming its file. Training and evaluation both go through here."""
     try:
-        lr = maths.input(pair.lr)
+        lr = lr_map(pair.lr)
     except NormalizationError as exc:
         raise DataError(f"{pair.lr_source}: {exc}") from None
     try:
-        hr = maths.target(pair.hr)
+        hr = hr_map(pair.hr)
     except NormalizationError as exc:
         raise DataError(f"{pair.hr_source}: {exc}") from None
     return lr, hr
@@ -241,12 +247,3 @@ def make_train_dataset(
     by the map function); patches are cut on the fly. For many epochs, build a ``PatchSource`` once.
     """
     return PatchSource(pairs, data_cfg, norm).dataset(batch_size, seed, epoch)
-
-
-def make_eval_images(pairs: Sequence["ImagePair"], norm: NormalizationConfig) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """Whole validation/test images as (name, lr (1,H,W,1), hr (1,2H,2W,1)), normalised like training."""
-    out = []
-    for p in pairs:
-        lr, hr = normalize_pair(p, norm)
-        out.append((p.name, lr[None, ..., None], hr[None, ..., None]))
-    return out

@@ -40,10 +40,6 @@ def postprocess(output: np.ndarray, target_mean: float, target_std: float) -> np
     return (y * np.float32(target_std) + np.float32(target_mean)).astype(np.float32)
 
 
-def inverse_preprocess(x: np.ndarray, mean: float, std: float) -> np.ndarray:
-    return (np.asarray(x, np.float32) * np.float32(std + EPS) + np.float32(mean)).astype(np.float32)
-
-
 def inverse_postprocess(image: np.ndarray, target_mean: float, target_std: float) -> np.ndarray:
     return ((np.asarray(image, np.float32) - np.float32(target_mean)) / np.float32(target_std)).astype(np.float32)
 

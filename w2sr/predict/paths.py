@@ -88,14 +88,6 @@ def candidates(runtime: str, precision: str, flags: frozenset[str], have_openvin
 # the accuracy guard
 
 
-def psnr_vs(reference: np.ndarray, output: np.ndarray) -> float:
-    """PSNR of ``output`` relative to ``reference``, peak = the reference's range (inf if equal)."""
-    ref = np.asarray(reference, np.float64)
-    mse = float(np.mean((np.asarray(output, np.float64) - ref) ** 2))
-    peak = float(ref.max() - ref.min()) or 1.0
-    return float("inf") if mse == 0 else 10 * np.log10(peak * peak / mse)
-
-
 def guard_window(info) -> tuple[np.ndarray, np.ndarray, slice]:
     """(normalised input window (1,h,w,1), expected output of its kept part, the crop of the
     window's output to compare): a window of the test input with the halo as context, so the
@@ -118,8 +110,10 @@ def guard_window(info) -> tuple[np.ndarray, np.ndarray, slice]:
 def guard(info, predict: Callable[[np.ndarray], np.ndarray]) -> float:
     """PSNR (dB) of a path's output on the test-input window against test_output.npy."""
     window, want, keep = guard_window(info)
+    from training.metrics import psnr
+
     got = info.normalization.output(predict(window))[0, :, :, 0][keep, keep]
-    return psnr_vs(want, got)
+    return float("inf") if np.array_equal(got, want) else psnr(got, want)  # peak: the reference's range
 
 
 @dataclass

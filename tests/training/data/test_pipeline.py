@@ -13,7 +13,6 @@ from training.data.pipeline import (
     PatchSource,
     compute_normalization,
     count_batches_per_epoch,
-    make_eval_images,
     make_train_dataset,
     normalize_pair,
     patch_grid,
@@ -86,14 +85,14 @@ def test_normalization_statistics_and_formulas():
         normalize_pair(pairs[0], NormalizationConfig(mode="fixed"))
 
 
-def test_eval_images_are_whole_and_normalised():
+def test_whole_images_are_normalised_like_training():
     pairs = _unique_pairs(1, 64)
     norm = compute_normalization(pairs)
-    ((name, lr, hr),) = make_eval_images(pairs, norm)
-    assert name == "001_0" and lr.shape == (1, 64, 64, 1) and hr.shape == (1, 128, 128, 1)
+    lr, hr = normalize_pair(pairs[0], norm)
+    assert lr.shape == (64, 64) and hr.shape == (128, 128)
     assert abs(float(lr.mean())) < 1e-3 and abs(float(hr.std()) - 1) < 1e-3
     # percentile mode: input and target each scaled by their own 1st / 99.8th percentiles
-    ((_, lr, hr),) = make_eval_images(pairs, NormalizationConfig())
+    lr, hr = normalize_pair(pairs[0], NormalizationConfig())
     for scaled in (lr, hr):
         assert np.mean(scaled < 0) == pytest.approx(0.01, abs=2e-3)
         assert np.mean(scaled > 1) == pytest.approx(0.002, abs=2e-3)
