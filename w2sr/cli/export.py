@@ -129,7 +129,7 @@ def _handle_export(args) -> int:
         args.run_dir, args.out, config=args.config, name=args.name, force=args.force, sample=args.sample,
         halo=args.halo, authors=args.authors, license=args.license,
         **({"tile": args.tile} if args.tile else {}),
-        odd_sizes=tuple(args.odd_sizes) if args.odd_sizes else ((333, 517),),
+        **({"odd_sizes": tuple(args.odd_sizes)} if args.odd_sizes else {}),
         bioimageio=not args.quick, measure=not args.quick, engines=args.engines,
     )
     print(f"bundle written: {out}")
