@@ -15,7 +15,7 @@ from typing import Optional
 import yaml
 
 from w2sr.core.normalization import Normalization
-from w2sr.core.errors import UserError
+from w2sr.core.errors import UserError, yaml_message
 
 
 @dataclass(frozen=True)
@@ -146,10 +146,7 @@ def read_rdf(path: str | Path) -> dict:
     try:
         doc = yaml.safe_load(rdf.read_text())
     except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise UserError(f"{rdf}: not valid YAML{at}: {problem}") from None
+        raise UserError(f"{rdf}: not valid YAML{yaml_message(exc)}") from None
     except (UnicodeDecodeError, OSError) as exc:
         raise UserError(f"{rdf}: cannot read it as a text rdf.yaml ({type(exc).__name__})") from None
     if not isinstance(doc, dict):

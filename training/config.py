@@ -13,7 +13,7 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from w2sr.core.errors import UserError, validation_message
+from w2sr.core.errors import UserError, validation_message, yaml_message
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ def load_config(path: str | Path) -> Config:
     except (FileNotFoundError, IsADirectoryError):
         raise UserError(f"config file not found: {path}") from None
     except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+        raise UserError(f"{path}: not valid YAML{yaml_message(exc)}") from None
     try:
         return Config.model_validate(raw)
     except Exception as exc:  # pydantic.ValidationError, re-raised with the file name

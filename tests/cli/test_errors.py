@@ -71,6 +71,18 @@ def test_demo_with_a_missing_config_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "run").exists() and not (tmp_path / "b").exists()
 
 
+@pytest.mark.parametrize("command", ["train", "simulate", "demo"])
+def test_a_config_that_is_not_yaml_is_one_line_with_its_line_and_column(tmp_path, capsys, command):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [oops\nroot: x\n")
+    args = {"train": ["--run-dir", str(tmp_path / "run")], "simulate": ["--out", str(tmp_path / "d")],
+            "demo": ["--out", str(tmp_path / "b"), "--run-dir", str(tmp_path / "r")]}[command]
+    assert cli([command, "--config", str(bad), *args]) == 2
+    line = one_error_line(capsys)
+    assert line == f"error: {bad}: not valid YAML (line 2, column 5): expected ',' or ']', but got ':'"
+    assert not (tmp_path / "run").exists() and not (tmp_path / "b").exists()
+
+
 def test_simulate_takes_packaged_config_names_like_train(tmp_path):
     out = tmp_path / "sim"
     assert cli(["simulate", "--config", "tiny", "--out", str(out), "--n-fovs", "2", "--size", "32"]) == 0

@@ -26,3 +26,11 @@ def one_line(exc: BaseException) -> str:
     """An exception's text on one line, at most 200 characters (for per-file failure lists)."""
     text = " ".join(str(exc).split())
     return text[:200] + ("..." if len(text) > 200 else "")
+
+
+def yaml_message(exc: Exception) -> str:
+    """Where and what of a YAML parse error, on one line: "(line 2, column 7): expected ..."."""
+    where = getattr(exc, "problem_mark", None)
+    at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+    problem = getattr(exc, "problem", None) or type(exc).__name__
+    return f"{at}: {problem}"
