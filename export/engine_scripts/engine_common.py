@@ -1,6 +1,9 @@
 """Shared by the engine scripts (imported from their own folder; plain Python 3.7, no project imports)."""
+import json
 import platform
 import resource
+import sys
+import traceback
 
 
 def peak_rss_mb():
@@ -26,3 +29,20 @@ def result_header(runtime, version, import_s, numpy_version):
     """The result file's first fields (the loaders fill ``loaders``)."""
     return {"runtime": runtime, "version": version, "python": platform.python_version(),
             "numpy": numpy_version, "import_s": import_s, "loaders": {}}
+
+
+def write_result(result, result_path):
+    """The result file, with the process's peak memory."""
+    result["peak_rss_mb"] = peak_rss_mb()
+    with open(result_path, "w") as fh:
+        json.dump(result, fh)
+    return 0
+
+
+def run_main(main):
+    """``main(job_path, result_path)`` from the command line; a crash prints its traceback, exit 3."""
+    try:
+        sys.exit(main(sys.argv[1], sys.argv[2]))
+    except Exception:  # noqa: BLE001 - the caller reads the traceback
+        traceback.print_exc()
+        sys.exit(3)

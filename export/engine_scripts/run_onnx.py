@@ -8,13 +8,11 @@ result: {"runtime": "onnxruntime", "version", "python", "peak_rss_mb", "loaders"
 """
 import json
 import os
-import sys
 import time
-import traceback
 
 import numpy as np
 
-from engine_common import peak_rss_mb, result_header, short_error  # beside this script
+from engine_common import result_header, run_main, short_error, write_result  # beside this script
 
 
 def main(job_path, result_path):
@@ -54,17 +52,10 @@ def main(job_path, result_path):
         entry["error"] = ("run failed: " if entry["loaded"] else "load failed: ") + short_error(exc)
         entry.setdefault("load_s", time.time() - t0)
     result["loaders"]["ort_session"] = entry
-    result["peak_rss_mb"] = peak_rss_mb()
     print("[engine] onnxruntime {}: loaded={} ran={} {}".format(
         ort.__version__, entry["loaded"], entry["ran"], entry.get("error", "")))
-    with open(result_path, "w") as fh:
-        json.dump(result, fh)
-    return 0
+    return write_result(result, result_path)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1], sys.argv[2]))
-    except Exception:  # noqa: BLE001
-        traceback.print_exc()
-        sys.exit(3)
+    run_main(main)

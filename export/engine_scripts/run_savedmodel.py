@@ -20,15 +20,13 @@ reported for information (DeepImageJ does not use it).
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
-import traceback
 import zipfile
 
 import numpy as np
 
-from engine_common import peak_rss_mb, result_header, short_error  # beside this script
+from engine_common import result_header, run_main, short_error, write_result  # beside this script
 
 
 def unzip_like_deepimagej(zip_path, dest):
@@ -146,15 +144,8 @@ def main(job_path, result_path):
                 "tensorflow", tf.__version__, entry["loaded"], entry["ran"], entry.get("error", "")))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    result["peak_rss_mb"] = peak_rss_mb()
-    with open(result_path, "w") as fh:
-        json.dump(result, fh)
-    return 0
+    return write_result(result, result_path)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1], sys.argv[2]))
-    except Exception:  # noqa: BLE001
-        traceback.print_exc()
-        sys.exit(3)
+    run_main(main)
