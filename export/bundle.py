@@ -167,6 +167,7 @@ def export_bundle(source: str | Path, out: str | Path, options: Optional[ExportO
         raise UserError(f"--tile {opt.tile}: DeepImageJ's tile must be at least 16 px (default {DEFAULT_TILE})")
     src = open_trained(source, opt.config)
     name = opt.name or src.cfg.name
+    fname = safe_name(name)  # a name without usable characters fails here, before any work
     check_out(out, opt.force, name)
     log.info("exporting %s (config %s) -> %s as '%s'", src.keras_path, src.config_path, out, name)
     with _staging(out) as stage:
@@ -175,10 +176,10 @@ def export_bundle(source: str | Path, out: str | Path, options: Optional[ExportO
         doc = _draft_rdf(src, stage, weights, attachments, name, opt)
         report = _validate(stage, out, opt)
         _document(stage, doc, report, weights.halo, name, src.cfg.name, attachments)
-        _package(stage, doc, safe_name(name), opt.bioimageio)
+        _package(stage, doc, fname, opt.bioimageio)
         check_out(out, opt.force, name)  # again: the folder may have changed meanwhile
         _commit(stage, out)
-    _log_sizes(out, safe_name(name), time.perf_counter() - t_start, weights.seconds)
+    _log_sizes(out, fname, time.perf_counter() - t_start, weights.seconds)
     return out
 
 

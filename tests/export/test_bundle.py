@@ -254,6 +254,22 @@ def test_refuses_to_overwrite_a_folder_that_is_not_a_bundle(tiny_run, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["precious"]  # no staging left behind
 
 
+def test_a_model_name_without_usable_characters_is_refused_before_any_work(tiny_run, tmp_path):
+    from export.bundle import export_bundle
+    from w2sr.core.errors import UserError
+
+    with pytest.raises(UserError, match="model name '///' has no usable characters"):
+        export_bundle(tiny_run, tmp_path / "out", name="///", bioimageio=False, measure=False, odd_sizes=())
+    assert list(tmp_path.iterdir()) == []  # no staging folder, no bundle
+
+
+def test_unknown_export_options_are_refused(tiny_run, tmp_path):
+    from export.bundle import export_bundle
+
+    with pytest.raises(TypeError, match="unknown option\\(s\\) tiles"):
+        export_bundle(tiny_run, tmp_path / "out", tiles=64)
+
+
 def test_existing_bundle_is_replaced_only_by_a_validated_one(exported_bundle, tiny_run, tmp_path):
     """Another model's bundle needs --force; the same model's is updated, but only by a bundle that
     validated: halo 0 fails the tiled-vs-whole checks and leaves the old bundle untouched."""
