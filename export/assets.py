@@ -10,12 +10,15 @@ from typing import Callable, Optional
 import numpy as np
 
 from training.run_folder import TrainedModel
-from w2sr.core.contract import POST_MACRO, PRE_MACRO, SCALE, TEST_INPUT, TEST_OUTPUT
+from w2sr.core.contract import POST_MACRO, PRE_MACRO, SCALE, TEST_INPUT, TEST_OUTPUT, ZOO_TEST_INPUT, ZOO_TEST_OUTPUT
 from w2sr.core.errors import UserError
 from w2sr.core.normalization import EPS, Normalization
 from w2sr.core.tiling import center_crop
 
 log = logging.getLogger(__name__)
+
+#: the cover shows at least this many input px a side (DeepImageJ's tile, hence the test input, is smaller)
+COVER_SIDE = 256
 
 
 def fiji_macros() -> list[Path]:
@@ -102,17 +105,29 @@ def write_cover(path: Path, inp: np.ndarray, out: np.ndarray) -> None:
 
 def write_test_data(stage: Path, image: np.ndarray, size: int, maths: Normalization,
                     predict: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Test tensors (raw input, output in output units), the same as ImageJ TIFFs, and the cover, from
-    the central ``size`` x ``size`` window of ``image``; ``predict`` runs the exported weights."""
+    """Test tensors (raw input, output in output units) and the same as ImageJ TIFFs, from the central
+    ``size`` x ``size`` window of ``image`` (DeepImageJ's tile: the collection's DeepImageJ check runs the
+    sample input and compares with the test output); the cover and the zoo package's test tensors from a central
+    window of at least ``COVER_SIDE`` px. ``predict`` runs the exported weights."""
     import tifffile
 
     raw = center_crop(image, size, mirror=True)[None, :, :, None].astype(np.float32)
     y = maths.output(predict(maths.input(raw[0, :, :, 0])[None, :, :, None])).astype(np.float32)
     np.save(stage / TEST_INPUT, raw)
     np.save(stage / TEST_OUTPUT, y)
-    tifffile.imwrite(stage / "sample_input.tif", raw[0, :, :, 0], imagej=True, metadata={"axes": "YX"})
-    tifffile.imwrite(stage / "sample_output.tif", y[0, :, :, 0], imagej=True, metadata={"axes": "YX"})
-    write_cover(stage / "cover.png", raw[0, :, :, 0], y[0, :, :, 0])
+    # byxc-shaped (tifffile's shaped metadata, one 2D page): bioimageio.core maps its axes right (an
+    # ImageJ 2D TIFF it reads as 1 x 1 x W x H and fails on), ImageJ and DeepImageJ open one 2D image
+    tifffile.imwrite(stage / "sample_input.tif", raw)
+    tifffile.imwrite(stage / "sample_output.tif", y)
+    side = min(max(size, COVER_SIDE), *image.shape)
+    if side > size:
+        cover_in = center_crop(image, side, mirror=True).astype(np.float32)
+        cover_out = maths.output(predict(maths.input(cover_in)[None, :, :, None]))[0, :, :, 0]
+    else:
+        cover_in, cover_out = raw[0, :, :, 0], y[0, :, :, 0]
+    np.save(stage / ZOO_TEST_INPUT, cover_in[None, :, :, None])
+    np.save(stage / ZOO_TEST_OUTPUT, cover_out[None, :, :, None].astype(np.float32))
+    write_cover(stage / "cover.png", cover_in, cover_out)
     return raw, y
 
 

@@ -30,8 +30,8 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 
 from training.run_folder import TrainedModel, open_trained
-from w2sr.core.contract import DEFAULT_TILE, GENERATOR, ONNX_OPSET, ONNX_WEIGHTS, SAVEDMODEL_ZIP, SCALE, \
-    TENSORFLOW_VERSION
+from w2sr.core.contract import DEEPIMAGEJ_SMALLEST_SIDE, GENERATOR, ONNX_OPSET, ONNX_WEIGHTS, SAVEDMODEL_ZIP, \
+    SCALE, TENSORFLOW_VERSION, deepimagej_tile
 from w2sr.core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,10 @@ class ExportOptions:
     ``sample``: 2D image (tif/npy/png) for the test tensors, cover and halo; default a test FOV of
     the run's data, else a simulated image. ``halo``: skip the measurement and use this value
     (input px; it is still checked). ``tile``: DeepImageJ's tile side (the rdf's fixed input size,
-    step 0) and the side of the test tensors; it bounds DeepImageJ's memory (see README).
+    step 0) and the side of the test tensors; it bounds DeepImageJ's memory. Default
+    ``w2sr.core.contract.deepimagej_tile(halo)``: the largest tile with which DeepImageJ called directly
+    gives whole-image pixels on every side >= 64; a larger one is faster there but exposes smaller sides
+    to JDLL's one-pixel shift (the rdf description, the README and ``w2sr validate`` name them).
     ``bioimageio``/``measure``: run ``bioimageio test`` / the subprocess timing (both on by default;
     off only for quick development runs). ``engines``: also run export.engines (old runtimes).
     """
@@ -57,7 +60,7 @@ class ExportOptions:
     name: Optional[str] = None
     force: bool = False
     sample: Optional[str | Path] = None
-    tile: int = DEFAULT_TILE
+    tile: Optional[int] = None
     halo: Optional[int] = None
     halo_image_size: int = 256
     max_halo: Optional[int] = None
@@ -163,8 +166,9 @@ def export_bundle(source: str | Path, out: str | Path, options: Optional[ExportO
     t_start = time.perf_counter()
     out = Path(out)
     _tidy_after_killed_exports(out)
-    if opt.tile < 16:
-        raise UserError(f"--tile {opt.tile}: DeepImageJ's tile must be at least 16 px (default {DEFAULT_TILE})")
+    if opt.tile is not None and opt.tile < 16:
+        raise UserError(f"--tile {opt.tile}: DeepImageJ's tile must be at least 16 px "
+                        f"(default {DEEPIMAGEJ_SMALLEST_SIDE} + 2 x halo)")
     src = open_trained(source, opt.config)
     name = opt.name or src.cfg.name
     fname = safe_name(name)  # a name without usable characters fails here, before any work
@@ -225,6 +229,7 @@ class _Weights:
     image: np.ndarray     # the sample image (raw units)
     image_source: str
     seconds: float
+    tile: int             # DeepImageJ's tile (the rdf's fixed input side), = the test tensors' side
 
 
 def _weights(src: TrainedModel, stage: Path, opt: ExportOptions) -> _Weights:
@@ -245,7 +250,7 @@ def _weights(src: TrainedModel, stage: Path, opt: ExportOptions) -> _Weights:
     maths = src.cfg.normalization.maths
     plain, post = KerasRuntime(model), maths.output
     image, image_source = sample_image(src, Path(opt.sample) if opt.sample else None,
-                                       max(opt.tile, opt.halo_image_size))
+                                       max(opt.tile or 0, opt.halo_image_size))
     log.info("sample image: %s, %dx%d", image_source, *image.shape)
     side = min(opt.halo_image_size, max(min(image.shape), 64))
     x = maths.input(center_crop(image, side, mirror=True))
@@ -267,7 +272,9 @@ def _weights(src: TrainedModel, stage: Path, opt: ExportOptions) -> _Weights:
     sm, hm = fit_padding(model, stage / SAVEDMODEL_ZIP, src.keras_path, hm, x, post,
                          tile=opt.tile, fixed=opt.halo is not None)
     onnx_res = export_onnx(stage / SAVEDMODEL_ZIP, stage / ONNX_WEIGHTS)
-    return _Weights(model, hm, sm, onnx_res, image, image_source, time.perf_counter() - t0)
+    tile = opt.tile or deepimagej_tile(hm.halo)
+    log.info("DeepImageJ tile %d px (halo %d)", tile, hm.halo)
+    return _Weights(model, hm, sm, onnx_res, image, image_source, time.perf_counter() - t0, tile)
 
 
 def _assets(src: TrainedModel, stage: Path, weights: _Weights, opt: ExportOptions) -> list[str]:
@@ -277,7 +284,7 @@ def _assets(src: TrainedModel, stage: Path, weights: _Weights, opt: ExportOption
 
     maths = src.cfg.normalization.maths
     runtime = SavedModelRuntime(stage / SAVEDMODEL_ZIP)
-    write_test_data(stage, weights.image, opt.tile, maths, runtime.predict)
+    write_test_data(stage, weights.image, weights.tile, maths, runtime.predict)
     deepimagej2, fiji = write_macros(stage, maths)
     return [*deepimagej2, "training_config.yaml", "parity.md", "parity.json", *fiji]
 
@@ -294,8 +301,8 @@ def _draft_rdf(src: TrainedModel, stage: Path, weights: _Weights, attachments: l
     if opt.measure:  # timing and memory of the SavedModel on the test image (fresh process)
         from export.runtimes import measure_in_subprocess
 
-        log.info("timing the SavedModel on %dx%d in a fresh process ...", opt.tile, opt.tile)
-        meas = measure_in_subprocess("savedmodel", stage / SAVEDMODEL_ZIP, size=opt.tile, repeats=3)
+        log.info("timing the SavedModel on %dx%d in a fresh process ...", weights.tile, weights.tile)
+        meas = measure_in_subprocess("savedmodel", stage / SAVEDMODEL_ZIP, size=weights.tile, repeats=3)
         memory_peak, runtime_s = f"{meas.peak_rss_mb:.1f} Mb", f"{meas.median_s:.2f} s"
     w2sr_block = {
         "exported_with": _versions(),
@@ -310,7 +317,7 @@ def _draft_rdf(src: TrainedModel, stage: Path, weights: _Weights, attachments: l
     }
     padding = hm.halo  # the graph's own symmetric padding (w2sr.core.padding) = the rdf halo
     params = RdfParams(
-        name=name, normalization=cfg.normalization.maths, halo=hm.halo, tile=opt.tile, padding=padding,
+        name=name, model_id=safe_name(name).lower(), normalization=cfg.normalization.maths, halo=hm.halo, tile=weights.tile, padding=padding,
         any_size_from=max(1, padding), savedmodel_sha256=sha256_file(stage / SAVEDMODEL_ZIP),
         onnx_sha256=sha256_file(stage / ONNX_WEIGHTS), timestamp=_timestamp(src.keras_path),
         authors=list(opt.authors) if opt.authors else [{"name": "w2sr contributors"}], license=opt.license,
@@ -373,7 +380,8 @@ def _package(stage: Path, doc: dict, fname: str, bioimageio: bool) -> None:
     check = check_deepimagej_zip(dij, doc)
     if check["status"] != "passed":
         raise UserError(f"{dij}: {check['detail']}")
-    zoo = make_zoo_package(stage / "rdf.yaml", pkg / f"{fname}_zoo-0.5.zip", model_id=fname.lower())
+    zoo = make_zoo_package(stage / "rdf.yaml", pkg / f"{fname}_zoo-0.5.zip", model_id=doc.get("id"),
+                           min_side=int(doc["config"]["w2sr"]["network"]["any_size_from"]))
     if not bioimageio:
         return
     tests = run_bioimageio_test(zoo)

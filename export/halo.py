@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from w2sr.core.contract import SCALE, zoo_close
+from w2sr.core.contract import SCALE, deepimagej_tile, zoo_close
 from w2sr.core.errors import UserError
 from w2sr.core.tiling import predict_tiled
 
@@ -158,7 +158,7 @@ def deepimagej_max_diff(predict: Callable, x: np.ndarray, ref: np.ndarray, post:
 
 
 def fit_padding(model: Any, zip_path: Path, source: Path, hm: HaloMeasurement, x: np.ndarray, post: Callable,
-                *, tile: int, fixed: bool = False, tries: int = 4) -> tuple[Any, HaloMeasurement]:
+                *, tile: Optional[int], fixed: bool = False, tries: int = 4) -> tuple[Any, HaloMeasurement]:
     """Export the SavedModel with in-graph symmetric padding = halo, and make sure that halo holds.
 
     The halo measured on the generator (zeros beyond a tile, one sample image) is a lower bound:
@@ -168,19 +168,21 @@ def fit_padding(model: Any, zip_path: Path, source: Path, hm: HaloMeasurement, x
     (+50 %, at least 4 px; +25 % / 2 px let a test image through DeepImageJ's tiles differ from whole-image
     inference on one pixel by 8.5e-4) and check on ``x`` (the normalised measurement crop) that
     DeepImageJ's tiling and ``w2sr predict``'s tiling both reproduce the whole image; grow by 25 %
-    while they do not. ``fixed``: the halo was given: check it as it is, no margin, no growth."""
+    while they do not. ``fixed``: the halo was given: check it as it is, no margin, no growth. ``tile``: DeepImageJ's tile, None
+    for ``w2sr.core.contract.deepimagej_tile`` of each padding tried."""
     from export.runtimes import SavedModelRuntime
     from export.savedmodel import export_savedmodel
 
     h = hm.halo if fixed or hm.halo == 0 else hm.halo + max(4, -(-hm.halo // 2))
     side = min(x.shape)
     for attempt in range(1 if fixed else tries):
-        if tile <= 2 * h:
+        dij_tile = tile or deepimagej_tile(h)
+        if dij_tile <= 2 * h:
             raise UserError(f"--tile {tile} must exceed twice the halo ({2 * h} px)")
         sm = export_savedmodel(model, zip_path, source=source, padding=h)
         rt = SavedModelRuntime(zip_path)
         ref = post(rt.predict(x[None, :, :, None])[0, :, :, 0])
-        d_dij, ok_dij = deepimagej_max_diff(rt.predict, x, ref, post, h, min(tile, side))
+        d_dij, ok_dij = deepimagej_max_diff(rt.predict, x, ref, post, h, min(dij_tile, side))
         d_tiled, ok_tiled = tiled_max_diff(rt.predict, x, ref, post, h, min(2 * h + 16, side))
         log.info("graph padding %d px: DeepImageJ tiling max diff %.3g (%s), w2sr tiling %.3g (%s)",
                  h, d_dij, "ok" if ok_dij else "FAIL", d_tiled, "ok" if ok_tiled else "FAIL")

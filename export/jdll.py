@@ -282,6 +282,17 @@ def stitch(outputs: np.ndarray, tp: TilePlan) -> np.ndarray:
     return out
 
 
+def exposed_sides(tile: int, halo: int, scale: int = 2) -> tuple[list[int], int]:
+    """For DeepImageJ run directly on an rdf with a fixed ``tile`` (step 0) and ``halo`` (input px): the
+    image sides whose output JDLL shifts by one pixel, and the smallest side it does not refuse
+    (``validateTileVsImageSize``: tile <= 3 x side). Every other side gives whole-image pixels."""
+    refused_below = -(-tile // 3)
+    shifted = [side for side in range(refused_below, tile)
+               if any(scale * a != b for a, b in zip(axis_plan(side, tile, halo).patch_starts,
+                                                      axis_plan(scale * side, scale * tile, scale * halo).patch_starts))]
+    return shifted, refused_below
+
+
 # --------------------------------------------------------------------------------------------
 # processing (transformations/ZeroMeanUnitVarianceTransformation.java)
 

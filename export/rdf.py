@@ -33,7 +33,8 @@ from typing import Any, Optional
 import yaml
 
 from w2sr.core.contract import (ATOL, ONNX_OPSET, ONNX_WEIGHTS, POST_MACRO, PRE_MACRO, RTOL, SAVEDMODEL_ZIP,
-                                 TENSORFLOW_VERSION, TEST_INPUT, TEST_OUTPUT, INPUT_NAME, OUTPUT_NAME)
+                                 TENSORFLOW_VERSION, TEST_INPUT, TEST_OUTPUT, INPUT_NAME, OUTPUT_NAME,
+                                 ZOO_TEST_INPUT, ZOO_TEST_OUTPUT)
 from w2sr.core.normalization import EPS, Normalization
 from w2sr.core.errors import UserError
 
@@ -78,6 +79,7 @@ class RdfParams:
     savedmodel_sha256: str
     onnx_sha256: str
     timestamp: str
+    model_id: Optional[str] = None  # JDLL's getModelID() (the collection's DeepImageJ check downloads by it)
     description: str = DEFAULT_DESCRIPTION
     authors: list = field(default_factory=lambda: list(DEFAULT_AUTHORS))
     license: str = "MIT"
@@ -144,6 +146,17 @@ def output_description(norm: Normalization, scale: int) -> str:
     return f"restored image at {scale}x the input sampling, in {norm.output_units}"
 
 
+def deepimagej_sizes_note(tile: int, halo: int) -> str:
+    """One sentence for the rdf description: the image sides DeepImageJ run directly does not handle
+    exactly (``export.jdll.exposed_sides``); the bundle's Fiji macro handles them all."""
+    from export.jdll import exposed_sides
+
+    shifted, refused_below = exposed_sides(tile, halo)
+    odd = f", odd sides {min(shifted)}-{max(shifted)} px shift by 1 px" if shifted else ""
+    return (f" DeepImageJ run directly (tile {tile}): sides < {refused_below} px refused{odd}; "
+            f"fiji_macros/deepimagej_predict.ijm handles every size.")
+
+
 def build_rdf(p: RdfParams) -> dict:
     """The format 0.4.10 description, as a plain dict (written with :func:`write_rdf`)."""
     if p.tile <= 2 * p.halo:
@@ -156,7 +169,8 @@ def build_rdf(p: RdfParams) -> dict:
         "format_version": FORMAT_VERSION,
         "type": "model",
         "name": p.name,
-        "description": p.description,
+        **({"id": p.model_id} if p.model_id else {}),
+        "description": p.description + deepimagej_sizes_note(p.tile, p.halo),
         "authors": p.authors,
         "cite": CITATIONS,
         "license": p.license,
@@ -270,23 +284,65 @@ def validate_rdf_format(rdf_path: Path, format_version: str = "discover") -> Any
     return descr
 
 
+def zoo_axes(descr: Any, min_side: int) -> None:
+    """The 0.5 package's spatial axes, chosen for bioimageio.core and JDLL (measured with core 0.11 and
+    JDLL 0.6.1's code, December 2026; ``docs/consumers.md``):
+
+    * **no halo**: core's whole-sample predict (the CLI and API default) pads the input by the declared
+      halo *before* it normalises, so ``scale_range`` sees the padded image and every pixel moves
+      (99.8 % outside the tolerance); without a halo it runs the whole image, which the graph pads
+      itself (exact at every size). Core's opt-in ``--blockwise`` then has seams: the README says so;
+    * **any size from** ``min_side`` (step 1) instead of the DeepImageJ tile: core refuses sizes that are
+      not ``min + n*step``. JDLL then takes the whole image as one tile (no shift at any size);
+    * **its own test tensors** (``ZOO_TEST_INPUT``, a window of at least 256 px): the DeepImageJ tile is
+      small, and on few pixels bioimageio.core's interpolated percentiles differ from JDLL's by more
+      than the tolerance;
+    * **input pixel size 4, output 2** (ratio 2): core sizes an output axis as
+      ``ref.size * ref.scale / scale`` (2x), JDLL as ``refTile * scale`` (2x too; with the converter's
+      1 / 0.5, JDLL gave a half-size output)."""
+    from bioimageio.spec.model import v0_5
+
+    (inp,), (out,) = descr.inputs, descr.outputs
+    root = Path(str(descr.root)) if not str(descr.root).startswith("http") else None
+    if root is not None and (root / ZOO_TEST_INPUT).is_file():
+        inp.test_tensor = v0_5.FileDescr(source=root / ZOO_TEST_INPUT)
+        out.test_tensor = v0_5.FileDescr(source=root / ZOO_TEST_OUTPUT)
+        # the collection's DeepImageJ check runs the sample input and compares with the test output
+        inp.sample_tensor = out.sample_tensor = None
+    for ax in inp.axes:
+        if isinstance(ax, v0_5.SpaceInputAxis):
+            ax.size = v0_5.ParameterizedSize(min=min_side, step=1)
+            ax.scale = 2.0 * SCALE_05_OUTPUT
+    new = []
+    for ax in out.axes:
+        if isinstance(ax, (v0_5.SpaceOutputAxis, v0_5.SpaceOutputAxisWithHalo)):
+            ax = v0_5.SpaceOutputAxis(id=ax.id, size=ax.size, scale=SCALE_05_OUTPUT, unit=ax.unit,
+                                      description=ax.description)
+        new.append(ax)
+    out.axes = new
+
+
+#: the 0.5 output axes' pixel size (input: 2x this), see :func:`zoo_axes`
+SCALE_05_OUTPUT = 2.0
+
+
 def jdll_friendlier_05(descr: Any, model_id: Optional[str]) -> None:
     """Make the 0.5 description as readable by DeepImageJ 3.1 (JDLL 0.6.1) as bioimageio.spec allows.
 
-    Measured on the demo package (``bioimageio test`` with bioimageio.core 0.11 / spec 0.5.12), each
-    change on its own:
+    Measured on the demo package (``bioimageio test`` with bioimageio.core 0.11 / spec 0.5.12, and
+    JDLL 0.6.1's ``ModelDescriptorFactory``), each change on its own:
 
     * ``fixed_zero_mean_unit_variance`` with scalar ``mean``/``std`` and no ``axis`` (the converter
       writes one-element lists along ``axis: channel``, on which JDLL throws
       ArrayIndexOutOfBoundsException): test passes -> applied;
     * an ``id`` (JDLL throws NullPointerException without one): test passes, no warning -> applied;
-    * ``documentation`` as a plain string (JDLL throws ClassCastException on ``{source, sha256}``):
-      spec 0.5.12 rejects it ("Input should be a valid dictionary or instance of FileDescr") -> not
-      possible;
-    * output axis ``scale: 0.5`` (spec-correct for 2x; JDLL multiplies by it: half-size output) ->
-      not possible.
-
-    So JDLL 0.6.1 still cannot run the 0.5 package; ``rdf.yaml`` (0.4.10) is DeepImageJ's file."""
+    * ``documentation`` (JDLL casts it to a String: ClassCastException on the ``{source, sha256}`` that
+      spec 0.5.12 requires; a plain string is rejected by the spec): the field is optional, so it is
+      left out and the README travels as an attachment -> applied;
+    * ``covers: [{source, sha256}]``: JDLL 0.6.1 reads them unchecked (only its downloader uses them as
+      strings); an empty list makes the spec generate a cover -> kept;
+    * the output size (JDLL multiplies the output axis ``scale`` where the spec divides):
+      :func:`zoo_axes` -> applied."""
     from bioimageio.spec.model import v0_5
 
     for tensor in list(descr.inputs) + list(descr.outputs):
@@ -298,10 +354,15 @@ def jdll_friendlier_05(descr: Any, model_id: Optional[str]) -> None:
                 op.kwargs = v0_5.FixedZeroMeanUnitVarianceKwargs(mean=op.kwargs.mean[0], std=op.kwargs.std[0])
     if model_id:
         descr.id = v0_5.ModelId(model_id)
+    if descr.documentation is not None:
+        descr.attachments = [*descr.attachments, v0_5.FileDescr(source=descr.documentation.source)]
+        descr.documentation = None
 
 
-def make_zoo_package(rdf_path: Path, out_zip: Path, model_id: Optional[str] = None) -> Path:
-    """Convert the 0.4.10 description to format 0.5 (bioimageio.spec's converter) and package it.
+def make_zoo_package(rdf_path: Path, out_zip: Path, model_id: Optional[str] = None, min_side: int = 1) -> Path:
+    """Convert the 0.4.10 description to format 0.5 (bioimageio.spec's converter), adapt it to its
+    consumers (:func:`zoo_axes`, :func:`jdll_friendlier_05`; ``min_side``: the smallest input side the
+    weights take) and package it.
 
     The zoo tolerance is written into ``config.bioimageio.reproducibility_tolerance`` so that
     ``bioimageio test`` checks the same bound the parity matrix uses.
@@ -312,6 +373,7 @@ def make_zoo_package(rdf_path: Path, out_zip: Path, model_id: Optional[str] = No
     descr = validate_rdf_format(rdf_path, format_version="latest")
     if not isinstance(descr, v0_5.ModelDescr):
         raise UserError(f"{rdf_path}: conversion to format 0.5 gave {type(descr).__name__}")
+    zoo_axes(descr, min_side)
     jdll_friendlier_05(descr, model_id)
     # a new node (not an attribute edit), so that the serialiser sees the field as set
     descr.config.bioimageio = v0_5.BioimageioConfig(reproducibility_tolerance=[

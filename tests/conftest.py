@@ -18,8 +18,8 @@ def tiny_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def exported_bundle(tmp_path_factory, tiny_run) -> Path:
-    """The full export (bioimageio test included) of ``tiny_run``, tile 128."""
+    """The full export (bioimageio test included) of ``tiny_run``, with the default DeepImageJ tile."""
     from export.bundle import export_bundle
 
     out = tmp_path_factory.getbasetemp() / "export-out" / "bundle"
-    return export_bundle(tiny_run, out, name="w2sr-tiny-test", tile=128)
+    return export_bundle(tiny_run, out, name="w2sr-tiny-test")

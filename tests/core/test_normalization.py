@@ -19,7 +19,7 @@ from w2sr.core.contract import outside_tolerance
 from w2sr.predict.model import Model, Settings
 from w2sr.core.normalization import Normalization, NormalizationError, jdll_percentile
 from export.runtimes import OnnxRuntime
-from tests.fixtures.tiny_model import write_bundle
+from tests.fixtures.tiny_model import RF_RADIUS, write_bundle
 from w2sr.cli import main as cli
 
 
@@ -118,14 +118,39 @@ def test_the_fiji_macros_padding_keeps_the_percentiles(tmp_path):
     np.testing.assert_array_equal(jdll.predict_like_macro(model, onnx.predict, img), whole_copies)
 
 
-def test_a_constant_image_is_refused_in_one_line_and_deepimagej_gives_finite_numbers(bundle, tmp_path, capsys):
+def test_a_constant_image_is_predicted_as_deepimagej_does_with_a_warning_and_refused_by_training(
+        bundle, tmp_path, capsys, caplog):
+    """Issue 16, item 5: ``w2sr predict`` no longer refuses an image whose percentiles coincide; it
+    writes DeepImageJ's result (``(x - lo) / (hi - lo + eps)`` = all zeros, then the network) with a
+    warning naming the file. Training and evaluation (the strict default) still refuse it."""
+    import logging
+
     flat = np.full((40, 40), 500, np.uint16)
     tifffile.imwrite(tmp_path / "flat.tif", flat)
-    assert cli(["predict", str(bundle), str(tmp_path / "flat.tif"), "--out", str(tmp_path / "out")]) == 1
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    assert f"{tmp_path / 'flat.tif'}: its 1st and 99.8th percentiles are equal (500)" in err
-    assert not (tmp_path / "out" / "flat_sr.tif").exists()
+    with caplog.at_level(logging.WARNING, logger="w2sr.predict"):
+        assert cli(["predict", str(bundle), str(tmp_path / "flat.tif"), "--out", str(tmp_path / "out")]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(w.startswith(f"{tmp_path / 'flat.tif'}: its 1st and 99.8th percentiles are equal (500): the "
+                            f"plane is (nearly) constant; its output is what DeepImageJ gives") for w in warnings)
+    out = tifffile.imread(tmp_path / "out" / "flat_sr.tif")
+    theirs = _deepimagej(bundle, flat)
+    assert np.isfinite(theirs).all()  # JDLL divides by eps: defined, not NaN
+    # DeepImageJ's numbers, not a refusal: a flat plane. The two paths differ only where the tiny
+    # network's own zero padding reaches from the border (see the module docstring)
+    m = 2 * RF_RADIUS
+    assert np.ptp(theirs) < 1e-5
+    np.testing.assert_allclose(out[m:-m, m:-m], theirs[m:-m, m:-m], rtol=0, atol=1e-6)
+
+    # the lenient map is DeepImageJ's, flagged; the strict default (training, evaluation) refuses
+    norm = Normalization()
+    lenient = norm.measure(flat, strict=False)
+    assert lenient.degenerate and (lenient.lo, lenient.hi) == (500.0, 500.0)
+    np.testing.assert_array_equal(lenient.apply(flat), np.zeros(flat.shape, np.float32))
+    assert not norm.measure(cells(), strict=False).degenerate
+    with pytest.raises(NormalizationError, match="percentiles are equal"):
+        norm.measure(flat)
     with pytest.raises(NormalizationError):
-        Normalization().input(flat)
-    assert np.isfinite(_deepimagej(bundle, flat)).all()  # JDLL divides by eps: defined, not NaN
+        norm.input(flat)
+    with pytest.raises(NormalizationError):
+        norm.target(flat)  # training never trains towards a blank target

@@ -23,7 +23,7 @@ from export.bundle_info import read_bundle
 from w2sr.core.contract import outside_tolerance
 from w2sr.core.normalization import postprocess, preprocess
 from w2sr.core.tiling import predict_whole
-from tests.fixtures.tiny_model import write_bundle
+from tests.fixtures.tiny_model import RF_RADIUS, write_bundle
 from w2sr.cli import main as cli
 from tests.fixtures import REPO
 
@@ -398,3 +398,46 @@ def test_memory_is_bounded_by_the_tile_not_the_image(bundle, tmp_path):
     # tiled: input + normalised input + 4x output + tiles; whole: the network's activations on it all
     assert tiled < 12 * mib, (tiled, whole)
     assert whole > tiled + 10 * mib, (tiled, whole)  # the probe can tell the difference
+
+
+def test_a_blank_plane_is_predicted_as_deepimagej_does_and_does_not_fail_the_stack(tmp_path, caplog):
+    """Issue 16, item 5: a constant plane in a Z stack (its 1st and 99.8th percentiles coincide) gets
+    the bundle's numbers as DeepImageJ / bioimageio.core compute them, ``(x - lo) / (hi - lo + eps)``
+    = all zeros, then the network: a flat plane, with a warning naming the file and the plane. The
+    other planes are exactly what they are on their own."""
+    import onnxruntime as ort
+
+    pct = write_bundle(tmp_path / "pct", percentiles=(1.0, 99.8))
+    planes = [image((40, 52), 0, integer=True), np.full((40, 52), 7, np.float32),
+              image((40, 52), 2, integer=True)]
+    z = np.stack(planes).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "stack.tif", z, imagej=True, metadata={"axes": "ZYX"})
+    for i in (0, 2):
+        tifffile.imwrite(tmp_path / f"single{i}.tif", z[i])
+    with caplog.at_level(logging.INFO, logger="w2sr.predict"):
+        assert run_cli(pct, tmp_path / "stack.tif", "--out", tmp_path / "out", "--tile", 32) == 0
+    assert "summary: 1 written, 0 skipped (output exists), 0 failed" in caplog.text
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"{tmp_path / 'stack.tif'}[1]: its 1st and 99.8th percentiles are equal (7): the plane is " \
+           f"(nearly) constant; its output is what DeepImageJ gives" in "\n".join(warnings)
+    assert not any("[0]" in w or "[2]" in w for w in warnings)  # only the blank plane is named
+
+    out = tifffile.imread(tmp_path / "out" / "stack_sr.tif")
+    assert out.shape == (3, 80, 104) and out.dtype == np.float32
+    assert run_cli(pct, tmp_path / "single0.tif", tmp_path / "single2.tif", "--out", tmp_path / "single",
+                   "--tile", 32) == 0
+    for i in (0, 2):
+        np.testing.assert_array_equal(out[i], tifffile.imread(tmp_path / "single" / f"single{i}_sr.tif"))
+        assert np.ptp(out[i]) > 0.1  # real planes are restored, not flat
+
+    blank = out[1]
+    # flat: the tiny network zero-pads its convs (with biases), so only its receptive field's reach
+    # from the border (RF_RADIUS input px = 2 * RF_RADIUS output px) differs from the flat interior
+    m = 2 * RF_RADIUS
+    assert np.ptp(blank[m:-m, m:-m]) < 1e-5
+    info = read_bundle(pct)
+    session = ort.InferenceSession(str(info.onnx_path), providers=["CPUExecutionProvider"])
+    zeros = predict_whole(lambda b: session.run(None, {"input": b})[0], np.zeros((40, 52), np.float32),
+                          info.valid_size_at_least)
+    np.testing.assert_allclose(blank, zeros, rtol=0, atol=1e-6)  # the network on DeepImageJ's all-zero input
+    assert np.abs(zeros).max() > 1e-3  # not trivially zero: the network's own response to a blank input

@@ -19,9 +19,13 @@ OUTPUT_NAME = "output"
 ONNX_OPSET = 17
 #: the TensorFlow version the rdf declares for the SavedModel (DeepImageJ 2.1's engine)
 TENSORFLOW_VERSION = "1.15"
-#: DeepImageJ's tile side (input px) unless ``--tile`` says otherwise, and ``w2sr predict``'s default
-#: tile: the full model's peak memory for one tile stays under 4 GB in DeepImageJ's engines
+#: ``w2sr predict``'s default tile side (input px): the full model's peak memory for one tile stays under 4 GB
 DEFAULT_TILE = 512
+#: every image side from this one up runs in DeepImageJ 3.1 called directly (GUI, any macro) with the
+#: pixels of whole-image inference: JDLL 0.6.1 shifts its output by one pixel when ``tile - side`` is odd
+#: and larger than ``2 * halo``, and refuses sides below ``tile / 3`` (``export.jdll``); a tile of
+#: ``DEEPIMAGEJ_SMALLEST_SIDE + 2 * halo`` keeps ``tile - side <= 2 * halo`` for every side from here up
+DEEPIMAGEJ_SMALLEST_SIDE = 64
 
 #: the bundle's files
 RDF = "rdf.yaml"
@@ -29,9 +33,21 @@ SAVEDMODEL_ZIP = "tf_saved_model.zip"
 ONNX_WEIGHTS = "weights.onnx"
 TEST_INPUT = "test_input.npy"
 TEST_OUTPUT = "test_output.npy"
+#: the zoo package's own test tensors (a larger window: its sizes are free, and bioimageio.core's
+#: interpolated percentiles differ more from JDLL's on few pixels)
+ZOO_TEST_INPUT = "zoo_test_input.npy"
+ZOO_TEST_OUTPUT = "zoo_test_output.npy"
 GENERATOR = "generator.keras"
 PRE_MACRO = "preprocessing.ijm"    # the normalisation for DeepImageJ 2.1
 POST_MACRO = "postprocessing.ijm"
+
+
+
+def deepimagej_tile(halo: int) -> int:
+    """DeepImageJ's tile (the rdf's fixed input side, step 0) for a graph with ``halo`` px of context:
+    the largest tile with which no side >= :data:`DEEPIMAGEJ_SMALLEST_SIDE` is shifted or refused."""
+    return DEEPIMAGEJ_SMALLEST_SIDE + 2 * int(halo)
+
 
 #: the zoo's per-pixel tolerance for reproducing test outputs: |a - b| <= ATOL + RTOL * |b|
 ATOL = 1.5e-4

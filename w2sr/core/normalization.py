@@ -10,6 +10,9 @@ Two modes (``normalization.mode`` in the config):
   is scaled by its own percentiles too, so the network's output is in *normalised units* (about 0 at
   the background, 1 at bright structures); it is not mapped back, because DeepImageJ cannot (JDLL
   has no ``scale_range`` with ``reference_tensor``). In the rdf: ``scale_range`` (per sample, axes xy).
+  An image whose two percentiles coincide (constant, or nearly) is refused by training and
+  evaluation (:class:`NormalizationError`); ``w2sr predict`` warns and gives DeepImageJ's (and
+  bioimageio.core's) result, ``(x - lo) / (hi - lo + eps)`` anyway (``measure(image, strict=False)``).
 * ``fixed``: W2S's global z-score. Pre: ``(x - mean) / (std + eps)``; post: the affine map
   ``gain * y + offset`` with gain = target_std, offset = target_mean (in the rdf a fixed
   ``zero_mean_unit_variance`` with mean = -offset/gain, std = 1/gain - eps; see export/rdf.py), so
@@ -79,15 +82,23 @@ def _ordinal(p: float) -> str:
     return text + {1: "st", 2: "nd", 3: "rd"}.get(int(p) % 10, "th")
 
 
-def percentile_range(image: np.ndarray, low: float, high: float) -> tuple[float, float]:
-    """(lo, hi) of one whole image; raises :class:`NormalizationError` when they coincide (an
-    image that is constant over more than ``high - low`` percent of its pixels)."""
+def percentile_range(image: np.ndarray, low: float, high: float, strict: bool = True) -> tuple[float, float]:
+    """(lo, hi) of one whole image. When they coincide (an image that is constant over more than
+    ``high - low`` percent of its pixels), ``strict`` (training, evaluation, the checks) raises
+    :class:`NormalizationError`; otherwise (``w2sr predict``) they are returned anyway, and
+    :func:`scale_range` then gives what DeepImageJ and bioimageio.core give: ``(x - lo) / eps``,
+    all zeros for a constant image (see :meth:`InputMap.degenerate`)."""
     lo, hi = jdll_percentiles(image, [low, high])
-    if not hi > lo:
+    if strict and not hi > lo:
         raise NormalizationError(
-            f"its {_ordinal(low)} and {_ordinal(high)} percentiles are equal ({lo:g}): the image is (nearly) "
-            f"constant, so percentile normalisation is undefined")
+            f"{equal_percentiles(low, high, lo, 'image')}, so percentile normalisation is undefined")
     return lo, hi
+
+
+def equal_percentiles(low: float, high: float, value: float, what: str = "image") -> str:
+    """'its 1st and 99.8th percentiles are equal (7): the image is (nearly) constant'."""
+    return (f"its {_ordinal(low)} and {_ordinal(high)} percentiles are equal ({value:g}): the {what} is "
+            f"(nearly) constant")
 
 
 def scale_range(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -103,6 +114,12 @@ class InputMap:
     lo: float
     hi: float
     fixed: bool = False
+
+    @property
+    def degenerate(self) -> bool:
+        """Percentile mode with coinciding percentiles (measured with ``strict=False``): the map is
+        DeepImageJ's ``(x - lo) / eps``, all zeros for a constant image, not a real normalisation."""
+        return not self.fixed and not self.hi > self.lo
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         if self.fixed:
@@ -152,12 +169,14 @@ class Normalization:
                     f"{self.high_percentile:g}th percentiles: about 0 = background, 1 = bright structures)")
         return "the training targets' (SIM) intensity units"
 
-    def measure(self, image: np.ndarray) -> InputMap:
-        """The input map of one whole raw image (raises NormalizationError in percentile mode when
-        its percentiles coincide)."""
+    def measure(self, image: np.ndarray, strict: bool = True) -> InputMap:
+        """The input map of one whole raw image. In percentile mode, when its percentiles coincide,
+        ``strict`` (the default: training, evaluation, export checks) raises NormalizationError;
+        ``strict=False`` (``w2sr predict`` only) returns DeepImageJ's map anyway, flagged
+        :attr:`InputMap.degenerate`, so that the caller can warn."""
         if not self.percentile:
             return InputMap(float(self.input_mean), float(self.input_std), fixed=True)
-        return InputMap(*percentile_range(image, self.low_percentile, self.high_percentile))
+        return InputMap(*percentile_range(image, self.low_percentile, self.high_percentile, strict=strict))
 
     def input(self, image: np.ndarray) -> np.ndarray:
         """Whole raw image -> network input, float32."""

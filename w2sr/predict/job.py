@@ -13,8 +13,7 @@ import numpy as np
 from export.bundle_info import read_bundle
 from w2sr.core.errors import UserError, one_line
 from w2sr.core.files import atomic_path, disk_problem
-from w2sr.core.images import checked_plane, fail, open_image
-from w2sr.core.normalization import NormalizationError
+from w2sr.core.images import checked_plane, open_image
 from w2sr.predict.model import Model, Settings, cached_model
 from w2sr.predict.output import write_output
 
@@ -46,11 +45,9 @@ def predict_file(src_path: Path, dst: Path, model: Model, settings: Settings) ->
         def planes() -> Iterator[np.ndarray]:
             for i in range(src.n_slices):
                 plane = checked_plane(src, i)
-                try:
-                    out = model.predict_slice(plane, settings, f"{label}[{i}]" if src.n_slices > 1 else label)
-                except NormalizationError as exc:
-                    raise fail(src.path, f"{exc}{f' (slice {i})' if src.n_slices > 1 else ''}") from None
-                yield out
+                index = f"[{i}]" if src.n_slices > 1 else ""
+                # a blank plane is predicted as DeepImageJ does, with a warning naming it (not refused)
+                yield model.predict_slice(plane, settings, label + index, where=f"{src_path}{index}")
 
         vunit = "normalised units" if info.normalization.percentile else "target units"
         with atomic_path(dst) as tmp:

@@ -14,7 +14,7 @@ from export.bundle_info import BundleInfo, read_bundle
 from w2sr.core.tiling import balanced_tile, count_tiles, predict_tiled
 from w2sr.core.contract import DEFAULT_TILE
 from w2sr.core.errors import UserError
-from w2sr.core.normalization import InputMap
+from w2sr.core.normalization import InputMap, equal_percentiles
 
 log = logging.getLogger("w2sr.predict")
 
@@ -105,10 +105,21 @@ class Model:
             return norm.output(runtime.predict(input_map.apply(x)))
         return fn
 
-    def predict_slice(self, plane: np.ndarray, settings: Settings, label: str = "") -> np.ndarray:
-        """Raw 2D slice (any dtype) -> float32 output, (scale*H, scale*W), in the bundle's output units."""
+    def predict_slice(self, plane: np.ndarray, settings: Settings, label: str = "",
+                      where: str = "") -> np.ndarray:
+        """Raw 2D slice (any dtype) -> float32 output, (scale*H, scale*W), in the bundle's output units.
+
+        ``label`` names the slice in the tile progress bar, ``where`` (default: ``label``) in warnings.
+        A slice whose percentiles coincide (a blank plane) is not refused: it gets the bundle's numbers
+        as DeepImageJ computes them, ``(x - lo) / (hi - lo + eps)`` (all zeros for a constant plane),
+        then the network, with a warning naming it; one blank plane never fails a whole stack."""
         info = self.info
-        input_map = info.normalization.measure(plane)  # NormalizationError: the caller names the file
+        norm = info.normalization
+        input_map = norm.measure(plane, strict=False)
+        if input_map.degenerate:
+            log.warning("%s: %s; its output is what DeepImageJ gives (a flat plane for a constant one), "
+                        "not a restoration", where or label or "image",
+                        equal_percentiles(norm.low_percentile, norm.high_percentile, input_map.lo, "plane"))
         tile = balanced_tile(plane.shape, settings.tile, info.halo, info.valid_size_at_least)
         n_tiles = count_tiles(plane.shape, tile, info.halo, info.valid_size_at_least)
         bar = None
