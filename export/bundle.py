@@ -337,6 +337,7 @@ def _validate(stage: Path, out: Path, opt: ExportOptions):
 
     report = validate_bundle(stage, keras_path=stage / GENERATOR, bioimageio=opt.bioimageio,
                              sizes=opt.odd_sizes, packages=False, engines=opt.engines)
+    report.bundle = str(out)  # the reader's folder, not the staging folder it was checked in
     print(format_report(report))
     if not report.ok:
         raise UserError(f"{out}: the new bundle failed validation ({len(report.failures)} problems: "

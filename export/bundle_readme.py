@@ -115,8 +115,13 @@ shipped with the bundle:
 (named under `config.deepimagej.prediction`).
 
 **Python**: `w2sr predict {name}/ images/ --out restored/` (tiled, any image size; it reads
-`config.w2sr.network.any_size_from`). `bioimageio predict` goes by the rdf's shape and so takes only
-{tile} x {tile} inputs; `bioimageio.core`'s Python API runs the weights on other sizes.
+`config.w2sr.network.any_size_from`). **bioimageio.core**: use the zoo package,
+`bioimageio predict --inputs image.tif packages/*_zoo-0.5.zip` (or `bioimageio.core.predict`): it takes
+any size from {network['any_size_from']} px and runs the whole image, which the graph pads itself (no
+halo is declared there, so do not add `--blockwise`: its blocks would show seams). `rdf.yaml` takes only
+{tile} x {tile} inputs in `bioimageio predict`. Core takes percentiles by numpy's interpolation; on
+small images that differs slightly from DeepImageJ and `w2sr predict` (within the zoo tolerance on
+512 x 512; details in the project's `docs/consumers.md`).
 
 ## Validation
 

@@ -234,7 +234,7 @@ def test_exporting_twice_gives_identical_weights(exported_bundle, tiny_run, tmp_
     shutil.copytree(exported_bundle, tmp_path / "again")
     (tmp_path / "again" / "stale.txt").write_text("from the old bundle")
     again = export_bundle(tiny_run, tmp_path / "again", name="w2sr-tiny-test", bioimageio=False,
-                          measure=False, odd_sizes=(), tile=128)
+                          measure=False, odd_sizes=())
     assert again == tmp_path / "again" and not (again / "stale.txt").exists()
     for f in ("tf_saved_model.zip", "weights.onnx", "test_input.npy", "test_output.npy"):
         assert _sha(again / f) == _sha(exported_bundle / f), f

@@ -185,3 +185,12 @@ def test_collection_deepimagej_check_replayed_on_the_sample(exported_bundle):
     rt = OnnxRuntime(exported_bundle / "weights.onnx", providers=["CPUExecutionProvider"])
     got = jdll.predict(model, rt.predict, sample)
     _assert_same(got, np.squeeze(np.load(exported_bundle / "test_output.npy")), "collection check")
+
+
+def test_the_bundle_texts_read_right(exported_bundle):
+    """parity.md names the bundle folder, not the staging folder it was validated in; ordinals are English."""
+    from export.bundle_info import read_rdf
+
+    parity = (exported_bundle / "parity.md").read_text()
+    assert f"`{exported_bundle}`" in parity and ".staging." not in parity
+    assert "1th" not in read_rdf(exported_bundle)["outputs"][0]["description"]

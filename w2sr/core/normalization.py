@@ -165,8 +165,8 @@ class Normalization:
     @property
     def output_units(self) -> str:
         if self.percentile:
-            return (f"normalised units (each output as if scaled by its own {self.low_percentile:g}th/"
-                    f"{self.high_percentile:g}th percentiles: about 0 = background, 1 = bright structures)")
+            return (f"normalised units (each output as if scaled by its own {_ordinal(self.low_percentile)}/"
+                    f"{_ordinal(self.high_percentile)} percentiles: about 0 = background, 1 = bright structures)")
         return "the training targets' (SIM) intensity units"
 
     def measure(self, image: np.ndarray, strict: bool = True) -> InputMap:
