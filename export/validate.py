@@ -169,6 +169,20 @@ def _machine() -> dict:
 # (d) files and packages
 
 
+def deepimagej_direct_note(doc: dict) -> str:
+    """Which image sides DeepImageJ called directly (no Fiji macro) does not run exactly with this rdf."""
+    from export import jdll
+
+    model = jdll.JdllModel.from_rdf(doc)
+    if model.y.step or model.x.step:
+        return "DeepImageJ 3.1 called directly: the rdf has a size step, so JDLL runs each image as one tile"
+    shifted, refused_below = jdll.exposed_sides(model.y.min, model.y.halo, int(model.y.scale))
+    exposed = f"odd sides {min(shifted)}-{max(shifted)} px come out shifted by one pixel" if shifted else "none is shifted"
+    return (f"DeepImageJ 3.1 called directly (GUI, any macro but the bundle's), tile {model.y.min} px, halo "
+            f"{model.y.halo} px: sides under {refused_below} px are refused, {exposed}; every other side gives "
+            f"whole-image pixels (the bundle's Fiji macro pads small images: every size)")
+
+
 def check_files(root: Path, doc: dict) -> list[dict]:
     listed = ((doc.get("config") or {}).get("w2sr") or {}).get("files") or {}
     rows = []
@@ -251,6 +265,7 @@ def validate_bundle(path: str | Path, *, keras_path: Optional[Path] = None, bioi
 
     if info.normalization.percentile:
         report.notes.append(percentile_definition_note(info))
+    report.notes.append(deepimagej_direct_note(doc))
 
     if sizes:
         progress(f"(c) odd sizes {list(sizes)} and 8/16-bit inputs through the bundle path")

@@ -193,4 +193,5 @@ def test_the_bundle_texts_read_right(exported_bundle):
 
     parity = (exported_bundle / "parity.md").read_text()
     assert f"`{exported_bundle}`" in parity and ".staging." not in parity
+    assert "DeepImageJ 3.1 called directly" in parity and "odd sides" in parity  # w2sr validate names them
     assert "1th" not in read_rdf(exported_bundle)["outputs"][0]["description"]
