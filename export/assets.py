@@ -103,6 +103,21 @@ def write_cover(path: Path, inp: np.ndarray, out: np.ndarray) -> None:
     plt.close(fig)
 
 
+def zoo_test_side(maths: Normalization, side: int) -> int:
+    """The zoo package's test-tensor side: near ``side``, one whose pixel count makes bioimageio.core's
+    and JDLL's percentiles the same element (``definitions_agree``), so that ``bioimageio test`` of the
+    zip checks the weights and the processing, not the two tools' percentile definitions (which differ
+    on other sizes: docs/consumers.md). ``side`` itself when none is found nearby or in fixed mode."""
+    from w2sr.core.normalization import definitions_agree
+
+    if not maths.percentile:
+        return side
+    for s in range(side, side // 2, -1):
+        if definitions_agree(s * s, (maths.low_percentile, maths.high_percentile)):
+            return s
+    return side
+
+
 def write_test_data(stage: Path, image: np.ndarray, size: int, maths: Normalization,
                     predict: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Test tensors (raw input, output in output units) and the same as ImageJ TIFFs, from the central
@@ -119,12 +134,9 @@ def write_test_data(stage: Path, image: np.ndarray, size: int, maths: Normalizat
     # ImageJ 2D TIFF it reads as 1 x 1 x W x H and fails on), ImageJ and DeepImageJ open one 2D image
     tifffile.imwrite(stage / "sample_input.tif", raw)
     tifffile.imwrite(stage / "sample_output.tif", y)
-    side = min(max(size, COVER_SIDE), *image.shape)
-    if side > size:
-        cover_in = center_crop(image, side, mirror=True).astype(np.float32)
-        cover_out = maths.output(predict(maths.input(cover_in)[None, :, :, None]))[0, :, :, 0]
-    else:
-        cover_in, cover_out = raw[0, :, :, 0], y[0, :, :, 0]
+    side = zoo_test_side(maths, min(max(size, COVER_SIDE), *image.shape))
+    cover_in = center_crop(image, side, mirror=True).astype(np.float32)
+    cover_out = maths.output(predict(maths.input(cover_in)[None, :, :, None]))[0, :, :, 0]
     np.save(stage / ZOO_TEST_INPUT, cover_in[None, :, :, None])
     np.save(stage / ZOO_TEST_OUTPUT, cover_out[None, :, :, None].astype(np.float32))
     write_cover(stage / "cover.png", cover_in, cover_out)

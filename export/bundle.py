@@ -50,9 +50,9 @@ class ExportOptions:
     the run's data, else a simulated image. ``halo``: skip the measurement and use this value
     (input px; it is still checked). ``tile``: DeepImageJ's tile side (the rdf's fixed input size,
     step 0) and the side of the test tensors; it bounds DeepImageJ's memory. Default
-    ``w2sr.core.contract.deepimagej_tile(halo)``: the largest tile with which DeepImageJ called directly
-    gives whole-image pixels on every side >= 64; a larger one is faster there but exposes smaller sides
-    to JDLL's one-pixel shift (the rdf description, the README and ``w2sr validate`` name them).
+    ``w2sr.core.contract.deepimagej_tile(halo)`` = 512 + 2 x halo (a 512^2 image is one tile); DeepImageJ
+    called directly shifts odd sides below 512 by one pixel (the rdf description, the bundle README and
+    ``w2sr validate`` name them; the Fiji macro handles every size).
     ``bioimageio``/``measure``: run ``bioimageio test`` / the subprocess timing (both on by default;
     off only for quick development runs). ``engines``: also run export.engines (old runtimes).
     """

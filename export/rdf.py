@@ -294,9 +294,9 @@ def zoo_axes(descr: Any, min_side: int) -> None:
       itself (exact at every size). Core's opt-in ``--blockwise`` then has seams: the README says so;
     * **any size from** ``min_side`` (step 1) instead of the DeepImageJ tile: core refuses sizes that are
       not ``min + n*step``. JDLL then takes the whole image as one tile (no shift at any size);
-    * **its own test tensors** (``ZOO_TEST_INPUT``, a window of at least 256 px): the DeepImageJ tile is
-      small, and on few pixels bioimageio.core's interpolated percentiles differ from JDLL's by more
-      than the tolerance;
+    * **its own test tensors** (``ZOO_TEST_INPUT``, ``export.assets.zoo_test_side``): a size on which
+      bioimageio.core's interpolated percentiles and JDLL's pick the same pixel, so that its test checks
+      the weights and the processing; on other sizes the two definitions differ (docs/consumers.md);
     * **input pixel size 4, output 2** (ratio 2): core sizes an output axis as
       ``ref.size * ref.scale / scale`` (2x), JDLL as ``refTile * scale`` (2x too; with the converter's
       1 / 0.5, JDLL gave a half-size output)."""

@@ -131,31 +131,30 @@ def _deepimagej_direct(bundle: Path, image: np.ndarray) -> np.ndarray:
     return jdll.predict(model, rt.predict, image)
 
 
-@pytest.mark.parametrize("shape", [(64, 64), (65, 65), (97, 67), (111, 173), (171, 171), (333, 517)],
-                         ids=lambda s: f"{s[0]}x{s[1]}")
-def test_deepimagej_run_directly_gives_w2sr_predicts_numbers_from_side_64(exported_bundle, tmp_path, shape):
-    """No macro: JDLL's own tiles on the raw image (the GUI's path) - no shift, no refusal."""
+@pytest.mark.parametrize("shape", [(512, 512), (517, 531), (600, 523)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_deepimagej_run_directly_gives_w2sr_predicts_numbers_from_side_512(exported_bundle, tmp_path, shape):
+    """No macro: JDLL's own tiles on the raw image (the GUI's path) - no shift from 512 px up."""
     image = _image(shape, seed=2)
     _assert_same(_deepimagej_direct(exported_bundle, image), _w2sr_predict(exported_bundle, image, tmp_path),
                  "DeepImageJ direct")
 
 
-def test_deepimagej_direct_with_a_512_tile_would_shift_odd_sides(exported_bundle, tmp_path):
-    """Negative control: the old declaration (tile 512) shifts a 111 x 173 image by one pixel."""
-    import yaml
-
+def test_deepimagej_direct_shifts_the_odd_sides_the_rdf_names_and_the_macro_does_not(exported_bundle, tmp_path):
+    """333 x 517 run directly comes out one pixel off (JDLL 0.6.1); the side is among those the rdf and
+    `w2sr validate` name, and the Fiji macro's path gives the right pixels."""
     from export import jdll
     from export.bundle_info import read_rdf
     from export.runtimes import OnnxRuntime
 
     doc = read_rdf(exported_bundle)
-    doc["inputs"][0]["shape"]["min"] = [1, 512, 512, 1]
-    model = jdll.JdllModel.from_rdf(yaml.safe_load(yaml.safe_dump(doc)))
-    image = _image((201, 203), seed=3)
+    model = jdll.JdllModel.from_rdf(doc)
+    image = _image((333, 517), seed=3)
     assert jdll.plan(model, image.shape).shifted
+    assert 333 in jdll.exposed_sides(model.y.min, model.y.halo)[0]
     rt = OnnxRuntime(exported_bundle / "weights.onnx", providers=["CPUExecutionProvider"])
-    got = jdll.predict(model, rt.predict, image)
-    assert outside_tolerance(got, _w2sr_predict(exported_bundle, image, tmp_path)).mean() > 0.5
+    ours = _w2sr_predict(exported_bundle, image, tmp_path)
+    assert outside_tolerance(jdll.predict(model, rt.predict, image), ours).mean() > 0.5
+    _assert_same(jdll.predict_like_macro(model, rt.predict, image), ours, "through the Fiji macro")
 
 
 def test_the_rdf_names_the_sides_deepimagej_does_not_run_exactly(exported_bundle):

@@ -204,7 +204,12 @@ def test_fiji_user_and_python_user_get_the_same_pixels(exported_bundle, shape):
     _assert_zoo_close(jdll.predict_like_macro(model, rt.predict, img), whole, f"DeepImageJ + macro {shape}")
     settings = Settings(bundle=str(exported_bundle), runtime="onnx", progress=False, tile=64)
     _assert_zoo_close(Model.load(settings).predict_slice(img, settings), whole, f"w2sr predict, tile 64, {shape}")
-    if not jdll.plan(model, shape).shifted:
+    try:
+        shifted = jdll.plan(model, shape).shifted
+    except jdll.JdllError:  # a side under a third of the tile: JDLL refuses it (the macro pads it)
+        assert min(shape) * 3 < model.y.min
+        return
+    if not shifted:
         _assert_zoo_close(jdll.predict(model, rt.predict, img), whole, f"DeepImageJ alone {shape}")
 
 

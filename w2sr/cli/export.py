@@ -77,9 +77,8 @@ def register(subparsers) -> None:
     p.add_argument("--tile", type=int, default=None, metavar="PX",
                    help="DeepImageJ's tile side in input px: the rdf fixes the input at PX x PX (step 0) so "
                         "DeepImageJ 3.1 tiles every image and its memory stays that of one tile; also the "
-                        "size of the test tensors (default 64 + 2 x halo: the largest tile with which DeepImageJ "
-                        "run directly gives whole-image pixels on every side >= 64 px; a larger tile is faster "
-                        "there but exposes smaller odd sides to JDLL's one-pixel shift)")
+                        "size of the test tensors (default 512 + 2 x halo: a 512 x 512 image is one tile; run "
+                        "directly, DeepImageJ shifts odd sides below 512 by one pixel - the Fiji macro does not)")
     p.add_argument("--halo", type=int, default=None, metavar="PX",
                    help="use this halo (input px) instead of measuring it; still checked")
     p.add_argument("--author", dest="authors", type=_author, action="append", default=None, metavar="'NAME;AFFIL'",

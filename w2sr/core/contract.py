@@ -21,11 +21,14 @@ ONNX_OPSET = 17
 TENSORFLOW_VERSION = "1.15"
 #: ``w2sr predict``'s default tile side (input px): the full model's peak memory for one tile stays under 4 GB
 DEFAULT_TILE = 512
-#: every image side from this one up runs in DeepImageJ 3.1 called directly (GUI, any macro) with the
-#: pixels of whole-image inference: JDLL 0.6.1 shifts its output by one pixel when ``tile - side`` is odd
-#: and larger than ``2 * halo``, and refuses sides below ``tile / 3`` (``export.jdll``); a tile of
-#: ``DEEPIMAGEJ_SMALLEST_SIDE + 2 * halo`` keeps ``tile - side <= 2 * halo`` for every side from here up
-DEEPIMAGEJ_SMALLEST_SIDE = 64
+#: the part of each DeepImageJ tile that is kept (input px): the tile is this + 2 x halo, so a 512 x 512
+#: image is one tile (the real plugin: full model 121 s instead of 463 s with a 512 tile, same pixels).
+#: Run directly (GUI, any macro but ours), JDLL 0.6.1 shifts odd sides below this by one pixel and
+#: refuses sides below a third of the tile (``export.jdll.exposed_sides``; the Fiji macro pads them).
+#: A smaller tile would expose fewer sides, but the test tensors are one tile, and on a small one
+#: bioimageio.core's interpolated percentiles miss the stored output (the demo at 88 px: 24 % of
+#: pixels, max 0.0285), so ``bioimageio test rdf.yaml`` fails (docs/consumers.md)
+DEEPIMAGEJ_SMALLEST_SIDE = 512
 
 #: the bundle's files
 RDF = "rdf.yaml"
@@ -45,7 +48,7 @@ POST_MACRO = "postprocessing.ijm"
 
 def deepimagej_tile(halo: int) -> int:
     """DeepImageJ's tile (the rdf's fixed input side, step 0) for a graph with ``halo`` px of context:
-    the largest tile with which no side >= :data:`DEEPIMAGEJ_SMALLEST_SIDE` is shifted or refused."""
+    :data:`DEEPIMAGEJ_SMALLEST_SIDE` kept + the halo each side; no side from there up is shifted."""
     return DEEPIMAGEJ_SMALLEST_SIDE + 2 * int(halo)
 
 

@@ -70,6 +70,15 @@ def jdll_percentiles(image: np.ndarray, percentiles) -> list[float]:
     return [float(flat[k]) for k in ks]
 
 
+def definitions_agree(n_pixels: int, percentiles) -> bool:
+    """Whether numpy's interpolated percentile (bioimageio.core's) and JDLL's ``sorted[int(N p / 100)]``
+    pick the same element for an image of ``n_pixels``: when ``(N - 1) p / 100`` is a whole number for
+    every ``p`` (then it equals ``int(N p / 100)`` and numpy interpolates nothing)."""
+    from fractions import Fraction
+
+    return all(((n_pixels - 1) * Fraction(str(p)) / 100).denominator == 1 for p in percentiles)
+
+
 def jdll_percentile(image: np.ndarray, percentile: float) -> float:
     return jdll_percentiles(image, [percentile])[0]
 
