@@ -154,3 +154,17 @@ def test_a_constant_image_is_predicted_as_deepimagej_does_with_a_warning_and_ref
         norm.input(flat)
     with pytest.raises(NormalizationError):
         norm.target(flat)  # training never trains towards a blank target
+
+
+def test_on_sizes_where_the_definitions_agree_core_and_jdll_pick_the_same_percentiles():
+    """The zoo package's test-tensor size (export.assets.zoo_test_side): numpy's interpolated percentile
+    (bioimageio.core) equals JDLL's sorted[int(N p / 100)] there, and not on a neighbouring size."""
+    from w2sr.core.normalization import definitions_agree, jdll_percentiles
+
+    rng = np.random.default_rng(0)
+    p = (1.0, 99.8)
+    assert definitions_agree(251 * 251, p) and not definitions_agree(250 * 250, p)
+    for side, agree in ((251, True), (250, False)):
+        img = rng.gamma(2.0, 50.0, (side, side)).astype(np.float32)
+        same = np.allclose(np.percentile(img, p, method="linear"), jdll_percentiles(img, p), rtol=0, atol=0)
+        assert same == agree, side
