@@ -18,6 +18,8 @@ from w2sr.core.tiling import mirror_to
 log = logging.getLogger(__name__)
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+#: a fast mode's row: its deviation is reported, never judged as parity
+MEASURED = "measured"
 
 
 @dataclass
@@ -47,6 +49,40 @@ class ParityRow:
     vs_test_output: Comparison = field(default_factory=Comparison)
     vs_keras: Comparison = field(default_factory=Comparison)
     tiled_vs_whole: Comparison = field(default_factory=Comparison)
+    seconds: Optional[float] = None
+    reason: str = ""
+
+
+@dataclass
+class Deviation:
+    """How far a fast mode (TF32, bf16, fp16) is from the reference: reported, never parity."""
+    psnr_db: Optional[float] = None      # vs the reference, peak = the reference's range
+    outside: Optional[float] = None      # fraction of pixels outside the zoo tolerance
+    max_abs_diff: Optional[float] = None
+
+    @classmethod
+    def of(cls, a: np.ndarray, reference: np.ndarray) -> "Deviation":
+        from training.metrics import psnr
+
+        d, _, n_bad = zoo_close(a, reference)
+        a2, r2 = np.squeeze(a), np.squeeze(reference)
+        db = float("inf") if np.array_equal(a2, r2) else psnr(a2, r2)
+        return cls(round(db, 2), n_bad / max(1, np.size(reference)), d)
+
+    def cell(self) -> str:
+        if self.psnr_db is None:
+            return "-"
+        return f"{self.psnr_db:.1f} dB, {self.outside:.2%} px outside, max {self.max_abs_diff:.2e}"
+
+
+@dataclass
+class FastModeRow:
+    key: str
+    label: str
+    device: str
+    math: str
+    status: str                  # measured | skipped | failed (could not run)
+    vs_test_output: Deviation = field(default_factory=Deviation)
     seconds: Optional[float] = None
     reason: str = ""
 
@@ -102,6 +138,16 @@ def _as_dtype(image: np.ndarray, dtype: str) -> tuple[Optional[np.ndarray], str]
 # (b) parity matrix
 
 
+def _row_label(r: Any) -> str:
+    """E.g. "ONNX Runtime CUDA, fp32 (TF32 off)", "Keras GPU, bf16"; CPU rows carry no mode."""
+    name = {"keras": "Keras", "tensorflow_saved_model_bundle": "SavedModel (TF2 signature)",
+            "onnx": "ONNX Runtime"}[r.format]
+    where = "CPU" if r.device == "cpu" else ("CUDA" if r.key.startswith("onnx-cuda") else "GPU")
+    if r.device == "cpu" and r.strict:
+        return f"{name} {where}"
+    return f"{name} {where}, " + ("fp32 (TF32 off)" if r.strict else r.math)
+
+
 def parity_matrix(info: Any, keras_path: Optional[Path]) -> tuple[list[ParityRow], Optional[np.ndarray]]:
     from export.runtimes import available_runtimes, make_runtime
     from export.savedmodel import run_tf1
@@ -118,8 +164,7 @@ def parity_matrix(info: Any, keras_path: Optional[Path]) -> tuple[list[ParityRow
     keras_out: Optional[np.ndarray] = None
 
     for r in available_runtimes():
-        label = {"keras": "Keras", "tensorflow_saved_model_bundle": "SavedModel (TF2 signature)",
-                 "onnx": "ONNX Runtime"}[r.format] + f" {'CPU' if r.device == 'cpu' else ('CUDA' if r.key == 'onnx-cuda' else 'GPU')}"
+        label = _row_label(r)
         if not r.available:
             rows.append(ParityRow(r.key, label, r.device, SKIPPED, reason=r.reason))
             continue
@@ -168,6 +213,36 @@ def parity_matrix(info: Any, keras_path: Optional[Path]) -> tuple[list[ParityRow
         if any(c.ok is False for c in (row.vs_test_output, row.vs_keras, row.tiled_vs_whole)):
             row.status = FAILED
     return rows, keras_out
+
+
+def fast_mode_rows(info: Any, keras_path: Optional[Path], device: str = "gpu") -> list[FastModeRow]:
+    """Each fast mode (``export.runtimes.fast_runtimes``) on the test input, whole image, with its
+    deviation from ``test_output.npy``. Reported beside the parity matrix, never counted in it."""
+    from export.runtimes import fast_runtimes, make_runtime
+
+    raw = np.load(info.test_input).astype(np.float32)
+    expected = np.load(info.test_output).astype(np.float32)
+    x = info.normalization.input(raw[0, :, :, 0])[None, :, :, None]
+    rows: list[FastModeRow] = []
+    for r in fast_runtimes(device):
+        label = _row_label(r)
+        if not r.available:
+            rows.append(FastModeRow(r.key, label, r.device, r.math, SKIPPED, reason=r.reason))
+            continue
+        if r.format == "keras" and keras_path is None:
+            rows.append(FastModeRow(r.key, label, r.device, r.math, SKIPPED, reason="no generator.keras"))
+            continue
+        t0 = time.perf_counter()
+        try:
+            rt = make_runtime(r.key, keras_path=keras_path, savedmodel=info.savedmodel_zip, onnx_path=info.onnx_path,
+                              padding=info.padding)
+            out = info.normalization.output(rt.predict(x))
+        except Exception as exc:
+            rows.append(FastModeRow(r.key, label, r.device, r.math, FAILED, reason=f"{type(exc).__name__}: {exc}"))
+            continue
+        rows.append(FastModeRow(r.key, label, r.device, r.math, MEASURED, Deviation.of(out, expected),
+                                round(time.perf_counter() - t0, 2), "not parity: a fast mode, reported only"))
+    return rows
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,15 +3,24 @@
 ``predict(x)`` takes a float32 batch ``(B, H, W, 1)`` that is already normalised (the rdf's
 preprocessing applied) and returns the network output ``(B, 2H, 2W, 1)`` (before postprocessing)::
 
-    KerasRuntime(path_or_model, padding=0)      # generator.keras (the training artefact); ``padding``:
-                                                # the exported graph's symmetric padding, applied around it
-    SavedModelRuntime(dir_or_zip, device=None)  # the frozen SavedModel, TF2 signature call
-    OnnxRuntime(path, providers=None, threads=None)   # ONNX Runtime; CUDA when available
+    KerasRuntime(path_or_model, padding=0, math="fp32")  # generator.keras (the training artefact);
+                                                # ``padding``: the exported graph's, applied around it
+    SavedModelRuntime(dir_or_zip, device=None, math="fp32")  # the frozen SavedModel, TF2 signature call
+    OnnxRuntime(path, providers=None, threads=None, math="fp32")  # ONNX Runtime; CPU unless CUDA asked for
     OpenVinoRuntime(path, precision="fp32"|"bf16", threads=None)  # OpenVINO on the same ONNX file (CPU)
 
+``math`` is the arithmetic a GPU does (:data:`MATH_MODES`). "fp32" is strict float32: TensorFlow's
+TensorFloat-32 switched off around every call, ONNX Runtime's CUDA provider given ``use_tf32=0``.
+Both frameworks use TF32 *by default* on Ampere and newer NVIDIA GPUs (TensorFlow since 2.4,
+ONNX Runtime's ``use_tf32`` defaults to 1), which moves the full model's output by up to 1e-2:
+parity is only ever measured in "fp32". "tf32", "bf16" and "fp16" (Keras mixed precision) are the
+fast modes, reported with their deviation and never counted as parity. On a CPU every mode but
+bf16/fp16 computes float32 (TF32 exists only on NVIDIA tensor cores).
+
 :func:`available_runtimes` lists every (format, device) row the parity matrix may show, with the
-reason a row cannot run here (for example no GPU). :func:`measure_in_subprocess` times one runtime
-in a fresh process and reports its peak memory (used by the rdf's test_information and the benchmark).
+reason a row cannot run here (for example no GPU); :func:`fast_runtimes` the fast-mode rows.
+:func:`measure_in_subprocess` times one runtime in a fresh process and reports its peak memory
+(used by the rdf's test_information and the benchmark).
 
 TensorFlow and ONNX Runtime are imported inside the classes, never at module import.
 """
@@ -38,6 +47,68 @@ from w2sr.core.errors import UserError
 log = logging.getLogger(__name__)
 
 
+#: a GPU's arithmetic: strict float32, TensorFloat-32 (10-bit mantissa in the tensor cores), and
+#: Keras mixed precision with bfloat16 or float16 activations (the last layer stays float32)
+MATH_MODES = ("fp32", "tf32", "bf16", "fp16")
+#: the only mode parity is measured in
+STRICT_MATH = "fp32"
+#: Keras mixed-precision policy of each reduced-precision mode
+MIXED_POLICY = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+
+
+def _check_math(math: str, allowed: Sequence[str] = MATH_MODES, what: str = "this runtime") -> str:
+    if math not in allowed:
+        raise UserError(f"math mode {math!r} is not available in {what} (choose from {', '.join(allowed)})")
+    return math
+
+
+class tf_math:
+    """Context manager: TensorFlow's TensorFloat-32 switched on for "tf32" and off for every other
+    mode while a call runs, then restored. The switch is global to the process, so each runtime sets
+    it around its own calls instead of once: a strict row never runs under a fast row's setting."""
+
+    def __init__(self, math: str):
+        self.enable = _check_math(math) == "tf32"
+
+    def __enter__(self) -> "tf_math":
+        import tensorflow as tf
+
+        self._before = tf.config.experimental.tensor_float_32_execution_enabled()
+        tf.config.experimental.enable_tensor_float_32_execution(self.enable)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_tensor_float_32_execution(self._before)
+
+
+def cuda_provider(math: str = STRICT_MATH, device_id: int = 0) -> tuple[str, dict]:
+    """ONNX Runtime's CUDA provider with its options: ``use_tf32`` (a CUDA provider option since
+    onnxruntime 1.18, default "1") is "0" unless TF32 is asked for."""
+    _check_math(math, ("fp32", "tf32"), "ONNX Runtime's CUDA provider")
+    return "CUDAExecutionProvider", {"device_id": str(int(device_id)), "use_tf32": "1" if math == "tf32" else "0"}
+
+
+def mixed_precision_copy(model: Any, math: str) -> Any:
+    """The Keras model rebuilt with a mixed-precision policy (bf16/fp16 activations and matmuls,
+    float32 variables) and the same weights; its last layer stays float32, as in training."""
+    import keras
+
+    policy = MIXED_POLICY[math]
+    last = model.layers[-1].name
+
+    def rebuild(layer):
+        config = layer.get_config()
+        if layer.name != last:
+            config["dtype"] = policy
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=rebuild)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def _check_batch(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 4 or x.shape[-1] != 1:
@@ -50,7 +121,8 @@ class KerasRuntime:
 
     format = "keras"
 
-    def __init__(self, path_or_model: Any, device: Optional[str] = None, padding: int = 0):
+    def __init__(self, path_or_model: Any, device: Optional[str] = None, padding: int = 0,
+                 math: str = STRICT_MATH):
         from training.models import load_generator
 
         if isinstance(path_or_model, (str, Path)):
@@ -59,10 +131,13 @@ class KerasRuntime:
         else:
             self.path = None
             self.model = path_or_model
+        self.math = _check_math(math)
+        if math in MIXED_POLICY:
+            self.model = mixed_precision_copy(self.model, math)
         self.device = device or "cpu"
         self.padding = int(padding)  # compare with the bundle's graph, which pads itself (w2sr.core.padding)
         self._tf_device = "/GPU:0" if self.device == "gpu" else "/CPU:0"
-        self.name = f"Keras ({self.device.upper()})"
+        self.name = f"Keras ({self.device.upper()}, {self.math})"
         import tensorflow as tf
 
         # One graph for every input size. Calling a functional Keras model eagerly keeps every
@@ -79,7 +154,7 @@ class KerasRuntime:
     def _predict_plain(self, x: np.ndarray) -> np.ndarray:
         import tensorflow as tf
 
-        with tf.device(self._tf_device):
+        with tf.device(self._tf_device), tf_math(self.math):
             return np.asarray(self._fn(tf.constant(x)), dtype=np.float32)
 
 
@@ -89,17 +164,19 @@ class SavedModelRuntime:
 
     format = "tensorflow_saved_model_bundle"
 
-    def __init__(self, path: str | Path, device: Optional[str] = None):
+    def __init__(self, path: str | Path, device: Optional[str] = None, math: str = STRICT_MATH):
         import tensorflow as tf
 
         from export.savedmodel import SIGNATURE_KEY, unzip_savedmodel
         from w2sr.core.contract import INPUT_NAME, OUTPUT_NAME
 
         self.path = Path(path)
+        # a frozen float32 graph: TF32 can be switched, its dtypes cannot
+        self.math = _check_math(math, ("fp32", "tf32"), "the frozen SavedModel")
         self._sm = unzip_savedmodel(self.path)
         self.device = device or "cpu"
         self._tf_device = "/GPU:0" if self.device == "gpu" else "/CPU:0"
-        self.name = f"SavedModel TF {tf.__version__} ({self.device.upper()})"
+        self.name = f"SavedModel TF {tf.__version__} ({self.device.upper()}, {self.math})"
         try:
             self._loaded = tf.saved_model.load(str(self._sm.dir), tags=["serve"])
             self._fn = self._loaded.signatures[SIGNATURE_KEY]
@@ -111,7 +188,7 @@ class SavedModelRuntime:
         import tensorflow as tf
 
         x = _check_batch(x)
-        with tf.device(self._tf_device):
+        with tf.device(self._tf_device), tf_math(self.math):
             result = self._fn(**{self._in: tf.constant(x)})
         if not isinstance(result, dict) or self._out not in result:
             raise UserError(f"{self.path}: signature returned {type(result).__name__}, expected {{'{self._out}': ...}}")
@@ -128,20 +205,25 @@ class SavedModelRuntime:
 
 
 class OnnxRuntime:
-    """ONNX Runtime session; ``providers=None`` picks CUDA when this onnxruntime has it, else CPU."""
+    """ONNX Runtime session; ``providers=None`` is the CPU (a GPU is always asked for explicitly).
+
+    The CUDA provider always gets its options from :func:`cuda_provider` (strict fp32 unless
+    ``math="tf32"``); asking for CUDA and getting a CPU session (CUDA or cuDNN libraries missing) is
+    an error, not a silent fallback."""
 
     format = "onnx"
 
     def __init__(self, path: str | Path, providers: Optional[Sequence[str]] = None,
-                 threads: Optional[int] = None):
+                 threads: Optional[int] = None, math: str = STRICT_MATH):
         import onnxruntime as ort
 
         self.path = Path(path)
         if not self.path.is_file():
             raise UserError(f"{self.path}: ONNX file not found")
+        self.math = _check_math(math, ("fp32", "tf32"), "ONNX Runtime")
         available = ort.get_available_providers()
         if providers is None:
-            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+            providers = ["CPUExecutionProvider"]
         missing = [p for p in providers if p not in available]
         if missing:
             raise UserError(f"{self.path}: ONNX Runtime providers {missing} not available (have {available})")
@@ -150,13 +232,19 @@ class OnnxRuntime:
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        #: what the session is given: the CUDA provider always with its math options
+        self.providers = [cuda_provider(self.math) if p == "CUDAExecutionProvider" else p for p in providers]
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=list(providers))
+            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=self.providers)
         except Exception as exc:
             raise UserError(f"{self.path}: ONNX Runtime cannot load it: {exc}") from None
         used = self.session.get_providers()
         self.device = "gpu" if used and used[0] == "CUDAExecutionProvider" else "cpu"
-        self.name = f"ONNX Runtime {ort.__version__} ({'CUDA' if self.device == 'gpu' else 'CPU'})"
+        if "CUDAExecutionProvider" in providers and self.device != "gpu":
+            raise UserError(f"{self.path}: ONNX Runtime {ort.__version__} lists CUDAExecutionProvider but the session "
+                            f"runs on {used[0] if used else 'nothing'} (CUDA or cuDNN libraries missing?)")
+        self.name = (f"ONNX Runtime {ort.__version__} (CUDA, {self.math})" if self.device == "gpu"
+                     else f"ONNX Runtime {ort.__version__} (CPU)")
         self._in = self.session.get_inputs()[0].name
         self._out = self.session.get_outputs()[0].name
 
@@ -204,13 +292,18 @@ class OpenVinoRuntime:
 
 @dataclass
 class RuntimeRow:
-    """One (weight format, device) combination and whether it can run on this machine."""
+    """One (weight format, device, math mode) combination and whether it can run on this machine."""
 
-    key: str            # "keras-cpu", "savedmodel-gpu", "onnx-cuda", ...
+    key: str            # "keras-cpu", "savedmodel-gpu", "onnx-cuda", "keras-gpu-bf16", ...
     format: str         # keras | tensorflow_saved_model_bundle | onnx
     device: str         # cpu | gpu
     available: bool
     reason: str = ""    # why not, when not available
+    math: str = STRICT_MATH   # fp32 (strict: TF32 off) for parity rows; tf32 / bf16 / fp16 for fast rows
+
+    @property
+    def strict(self) -> bool:
+        return self.math == STRICT_MATH
 
 
 def _tf_gpus() -> list:
@@ -222,53 +315,71 @@ def _tf_gpus() -> list:
         return []
 
 
-def available_runtimes() -> list[RuntimeRow]:
-    """Every row of the parity matrix, GPU rows marked unavailable with the reason."""
-    rows = [
-        RuntimeRow("keras-cpu", "keras", "cpu", True),
-        RuntimeRow("savedmodel-cpu", "tensorflow_saved_model_bundle", "cpu", True),
-        RuntimeRow("onnx-cpu", "onnx", "cpu", True),
-    ]
-    gpus = _tf_gpus()
-    if gpus:
-        rows += [RuntimeRow("keras-gpu", "keras", "gpu", True),
-                 RuntimeRow("savedmodel-gpu", "tensorflow_saved_model_bundle", "gpu", True)]
-    else:
-        import tensorflow as tf
+def tf_gpu_missing() -> str:
+    """Why TensorFlow cannot use a GPU here ("" when it can)."""
+    if _tf_gpus():
+        return ""
+    import tensorflow as tf
 
-        built_cuda = tf.test.is_built_with_cuda()
-        why = ("no GPU visible to TensorFlow" if built_cuda
-               else f"TensorFlow {tf.__version__} here is a CPU-only build (tensorflow-cpu)")
-        rows += [RuntimeRow("keras-gpu", "keras", "gpu", False, why),
-                 RuntimeRow("savedmodel-gpu", "tensorflow_saved_model_bundle", "gpu", False, why)]
+    return ("no GPU visible to TensorFlow" if tf.test.is_built_with_cuda()
+            else f"TensorFlow {tf.__version__} here is a CPU-only build (tensorflow-cpu)")
+
+
+def ort_cuda_missing() -> str:
+    """Why ONNX Runtime cannot use CUDA here ("" when its CUDA provider is installed)."""
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
-        rows.append(RuntimeRow("onnx-cuda", "onnx", "gpu", True))
-    else:
-        rows.append(RuntimeRow("onnx-cuda", "onnx", "gpu", False,
-                               f"onnxruntime {ort.__version__} here has no CUDAExecutionProvider "
-                               f"(providers: {', '.join(ort.get_available_providers())})"))
-    return rows
+        return ""
+    return (f"onnxruntime {ort.__version__} here has no CUDAExecutionProvider "
+            f"(providers: {', '.join(ort.get_available_providers())}; pip install onnxruntime-gpu)")
+
+
+def available_runtimes() -> list[RuntimeRow]:
+    """Every parity row (strict fp32), GPU rows marked unavailable with the reason."""
+    tf_why, ort_why = tf_gpu_missing(), ort_cuda_missing()
+    return [
+        RuntimeRow("keras-cpu", "keras", "cpu", True),
+        RuntimeRow("savedmodel-cpu", "tensorflow_saved_model_bundle", "cpu", True),
+        RuntimeRow("onnx-cpu", "onnx", "cpu", True),
+        RuntimeRow("keras-gpu", "keras", "gpu", not tf_why, tf_why),
+        RuntimeRow("savedmodel-gpu", "tensorflow_saved_model_bundle", "gpu", not tf_why, tf_why),
+        RuntimeRow("onnx-cuda", "onnx", "gpu", not ort_why, ort_why),
+    ]
+
+
+def fast_runtimes(device: str = "gpu") -> list[RuntimeRow]:
+    """The fast modes of each runtime on ``device`` (GPU: TF32 in every runtime, bf16 and fp16 through
+    Keras mixed precision). ``device="cpu"`` gives the modes a CPU has (bf16, fp16 in Keras): they
+    exercise the same code where there is no GPU."""
+    if device == "cpu":
+        return [RuntimeRow(f"keras-cpu-{m}", "keras", "cpu", True, math=m) for m in ("bf16", "fp16")]
+    tf_why, ort_why = tf_gpu_missing(), ort_cuda_missing()
+    return ([RuntimeRow(f"keras-gpu-{m}", "keras", "gpu", not tf_why, tf_why, m) for m in ("tf32", "bf16", "fp16")]
+            + [RuntimeRow("savedmodel-gpu-tf32", "tensorflow_saved_model_bundle", "gpu", not tf_why, tf_why, "tf32"),
+               RuntimeRow("onnx-cuda-tf32", "onnx", "gpu", not ort_why, ort_why, "tf32")])
 
 
 def make_runtime(key: str, *, keras_path: Optional[Path] = None, savedmodel: Optional[Path] = None,
                  onnx_path: Optional[Path] = None, threads: Optional[int] = None, padding: int = 0) -> Any:
-    """Build the runtime of a :class:`RuntimeRow` key (``padding``: the bundle graph's, for Keras)."""
-    fmt, device = key.split("-", 1)
+    """Build the runtime of a :class:`RuntimeRow` key, ``format-device[-math]`` (``padding``: the
+    bundle graph's, for Keras). Without a math suffix the runtime is strict fp32."""
+    fmt, device, *rest = key.split("-")
+    math = rest[0] if rest else STRICT_MATH
+    gpu = device in ("gpu", "cuda")
     if fmt == "keras":
         if keras_path is None:
             raise UserError("no Keras generator given")
-        return KerasRuntime(keras_path, device=device, padding=padding)
+        return KerasRuntime(keras_path, device="gpu" if gpu else "cpu", padding=padding, math=math)
     if fmt == "savedmodel":
         if savedmodel is None:
             raise UserError("no SavedModel given")
-        return SavedModelRuntime(savedmodel, device=device)
+        return SavedModelRuntime(savedmodel, device="gpu" if gpu else "cpu", math=math)
     if fmt == "onnx":
         if onnx_path is None:
             raise UserError("no ONNX file given")
-        providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-        return OnnxRuntime(onnx_path, providers=providers, threads=threads)
+        providers = ["CUDAExecutionProvider"] if gpu else ["CPUExecutionProvider"]
+        return OnnxRuntime(onnx_path, providers=providers, threads=threads, math=math)
     raise ValueError(f"unknown runtime key {key!r}")
 
 

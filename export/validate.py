@@ -9,8 +9,10 @@
     given), the SavedModel (TF2 signature call, and the TF1 session API DeepImageJ's TF 1.15 uses)
     and ONNX Runtime, each against the stored ``test_output.npy`` and against Keras, plus tiled
     (bundle halo) against whole-image; all within the zoo tolerance ``|a-b| <= 1.5e-4 + 1e-4|b|`` on
-    postprocessed outputs. GPU rows (TF GPU, ONNX Runtime CUDA) are skipped with the reason when
-    this machine has none.
+    postprocessed outputs. GPU rows (TF GPU, ONNX Runtime CUDA) run in strict fp32 (TensorFloat-32
+    off: ``export.runtimes``), and are skipped with the reason when this machine has none. The fast
+    GPU modes (TF32, Keras bf16/fp16) follow as extra rows with their deviation (PSNR, pixels outside
+    the tolerance), never counted as parity.
 (c) Odd sizes (default 333 x 517, not min + n*step unless step is 1) and 8/16-bit inputs through the
     bundle path (rdf numbers -> preprocessing -> runtime, tiled and mirror-padded as the rdf
     requires -> postprocessing) against Keras on the whole image in one call (on the same
@@ -35,7 +37,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from export.bundle_info import sha256_file
-from export.parity import FAILED, PASSED, _keras_path, parity_matrix, percentile_definition_note, size_checks
+from export.parity import (FAILED, PASSED, _keras_path, fast_mode_rows, parity_matrix, percentile_definition_note,
+                           size_checks)
 from w2sr.core.contract import ATOL, RTOL, RULE
 from export.proc import die_with_parent
 from w2sr.core.files import scratch_dir
@@ -48,7 +51,8 @@ log = logging.getLogger(__name__)
 class ValidationReport:
     bundle: str
     bioimageio: list = field(default_factory=list)     # dicts: target, weight_format, status, details
-    parity: list = field(default_factory=list)         # ParityRow
+    parity: list = field(default_factory=list)         # ParityRow (strict fp32: TF32 off on GPUs)
+    fast_modes: list = field(default_factory=list)     # FastModeRow: TF32 / bf16 / fp16, reported only
     sizes: list = field(default_factory=list)          # SizeRow
     files: list = field(default_factory=list)          # dicts: file, status
     packages: list = field(default_factory=list)       # dicts: package, status, detail
@@ -262,6 +266,7 @@ def validate_bundle(path: str | Path, *, keras_path: Optional[Path] = None, bioi
     progress("(b) parity matrix on the test input")
     rows, keras_out = parity_matrix(info, kp)
     report.parity = rows
+    report.fast_modes = fast_mode_rows(info, kp, "gpu")
 
     if info.normalization.percentile:
         report.notes.append(percentile_definition_note(info))
@@ -313,6 +318,11 @@ def format_report(report: ValidationReport) -> str:
             ["runtime", "status", "vs test_output", "vs Keras", "tiled vs whole", "s", "notes"],
             [[r.label, r.status, r.vs_test_output.cell(), r.vs_keras.cell(), r.tiled_vs_whole.cell(),
               "-" if r.seconds is None else r.seconds, r.reason] for r in report.parity]), ""]
+    if report.fast_modes:
+        parts += ["### Fast GPU modes (reported with their deviation, never counted as parity)", "", _table(
+            ["runtime", "status", "vs test_output", "s", "notes"],
+            [[r.label, r.status, r.vs_test_output.cell(), "-" if r.seconds is None else r.seconds, r.reason]
+             for r in report.fast_modes]), ""]
     if report.sizes:
         parts += ["### Odd sizes and bit depths (bundle path vs the reference on the whole image)", "", _table(
             ["input", "dtype", "runtime", "canvas", "tiles", "reference", "max abs diff", "status"],

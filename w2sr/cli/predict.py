@@ -25,15 +25,19 @@ def register(subparsers) -> None:
     p.add_argument("--runtime", choices=("auto", "onnx", "openvino", "tensorflow"), default="auto",
                    help="ONNX Runtime or OpenVINO (weights.onnx), or TensorFlow (the SavedModel zip); auto: the "
                         "fastest this CPU runs accurately (see --precision)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="auto: bf16 (OpenVINO) where the CPU computes it natively (AVX512-BF16, AMX) and the "
-                        "output stays within 50 dB PSNR of the bundle's test output, else fp32; every run logs "
-                        "the path it took")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "tf32"), default="auto",
+                   help="auto: on a CPU bf16 (OpenVINO) where it computes it natively (AVX512-BF16, AMX), on an "
+                        "NVIDIA GPU TensorFloat-32, each kept only while the output stays within 50 dB PSNR of the "
+                        "bundle's test output, else fp32 (strict: TF32 off); every run logs the path it took")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="gpu: an NVIDIA GPU through onnxruntime-gpu or a CUDA build of TensorFlow (refused in one "
+                        "line where neither works); auto: the GPU where one works, else the CPU")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="intra-op threads of the runtime (per dask worker with --scheduler); default: the runtime's")
-    p.add_argument("--tile", type=int, default=DEFAULT_TILE, metavar="N",
-                   help="largest tile side in input pixels, halo included (rounded up to a size the model "
-                        "accepts; per image the tiles are evened out to the smallest size that needs as many)")
+    p.add_argument("--tile", type=int, default=None, metavar="N",
+                   help=f"largest tile side in input pixels, halo included (rounded up to a size the model "
+                        f"accepts; per image the tiles are evened out to the smallest size that needs as many); "
+                        f"default: {DEFAULT_TILE} on a CPU, on a GPU the largest that half its free memory holds")
     p.add_argument("--batch", type=int, default=1, metavar="B", help="tiles per model call")
     p.add_argument("--format", dest="fmt", choices=("float32", "uint16"), default="float32",
                    help="output pixels: float32 target units, or uint16 with a linear scaling stored as "
@@ -50,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     from w2sr.predict.batch import predict_files, summarize
 
     results = predict_files(
-        args.bundle, args.inputs, args.out, runtime=args.runtime, precision=args.precision, threads=args.threads,
+        args.bundle, args.inputs, args.out, runtime=args.runtime, precision=args.precision, device=args.device,
+        threads=args.threads,
         tile=args.tile,
         batch=args.batch, fmt=args.fmt, overwrite=args.overwrite, scheduler=args.scheduler,
         progress=not args.no_progress,

@@ -9,7 +9,8 @@ Python API::
     from w2sr.predict.batch import predict_files
 
     results = predict_files(bundle, inputs, out_dir, runtime="auto", precision="auto", threads=None,
-                            tile=512, batch=1, fmt="float32", overwrite=False, scheduler=None)
+                            tile=None, batch=1, fmt="float32", overwrite=False, scheduler=None,
+                            device="auto")
     # -> list[Result]; Result.status is "written", "skipped" (output exists) or "failed"
 
 What it guarantees:

@@ -97,26 +97,29 @@ def check_out_dir(out_dir: Path, inputs: Sequence[str | Path]) -> None:
 
 
 def predict_files(bundle: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, *,
-                  runtime: str = "auto", threads: Optional[int] = None, tile: int = DEFAULT_TILE,
+                  runtime: str = "auto", threads: Optional[int] = None, tile: Optional[int] = None,
                   batch: int = 1, fmt: str = "float32", overwrite: bool = False,
-                  scheduler: Optional[str] = None, progress: bool = True, precision: str = "auto") -> list[Result]:
-    """Predict every input; return one Result per input (in input order). See the module doc."""
+                  scheduler: Optional[str] = None, progress: bool = True, precision: str = "auto",
+                  device: str = "auto") -> list[Result]:
+    """Predict every input; return one Result per input (in input order). See the module doc.
+
+    ``tile`` None: ``DEFAULT_TILE`` on the CPU, the largest the free memory holds on a GPU."""
     if fmt not in FORMATS:
         raise UserError(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
-    if tile < 1 or batch < 1:
+    if (tile is not None and tile < 1) or batch < 1:
         raise UserError(f"--tile and --batch must be positive (got {tile}, {batch})")
     if threads is not None and threads < 1:
         raise UserError(f"--threads must be a positive number of threads (got {threads})")
-    from w2sr.predict.paths import PRECISIONS, RUNTIMES
+    from w2sr.predict.paths import DEVICES, PRECISIONS, RUNTIMES
 
-    if runtime not in RUNTIMES or precision not in PRECISIONS:
-        raise UserError(f"--runtime {runtime} / --precision {precision}: choose from {', '.join(RUNTIMES)} / "
-                        f"{', '.join(PRECISIONS)}")
+    if runtime not in RUNTIMES or precision not in PRECISIONS or device not in DEVICES:
+        raise UserError(f"--runtime {runtime} / --precision {precision} / --device {device}: choose from "
+                        f"{', '.join(RUNTIMES)} / {', '.join(PRECISIONS)} / {', '.join(DEVICES)}")
     if not str(out_dir).strip():
         raise UserError("--out is empty: give the folder the outputs go to")
     out_dir = Path(out_dir)
     info = read_bundle(bundle)  # fail early on a bad bundle, before touching any input
-    tile_eff = info.valid_size_at_least(tile)
+    tile_eff = info.valid_size_at_least(tile or DEFAULT_TILE)
     if tile_eff <= 2 * info.halo:
         raise UserError(f"--tile {tile} must exceed twice the bundle's halo ({2 * info.halo} px)")
     check_out_dir(out_dir, inputs)
@@ -140,11 +143,12 @@ def predict_files(bundle: str | Path, inputs: Sequence[str | Path], out_dir: str
     sweep_stale(out_dir)  # temporary files of a killed earlier run (their process is gone)
     try:
         settings = Settings(str(Path(bundle).resolve()), runtime, threads, tile, batch, fmt, overwrite,
-                            progress=progress and scheduler is None, precision=precision)
+                            progress=progress and scheduler is None, precision=precision, device=device)
         sizes = (f"any size >= {info.any_size_from}" if info.any_size_from is not None
                  else f"valid sizes {info.min_size} + n*{info.step}")
-        log.info("bundle %s (%s): halo %d px, tile %d px (%s), runtime %s, precision %s, output %s",
-                 info.root, info.name, info.halo, tile_eff, sizes, runtime, precision, fmt)
+        log.info("bundle %s (%s): halo %d px, tile %s (%s), runtime %s, precision %s, device %s, output %s",
+                 info.root, info.name, info.halo, f"{tile_eff} px" if tile else "auto", sizes, runtime, precision,
+                 device, fmt)
         todo, results = [], []
         for src, dst in jobs:
             problem = output_problem(src, dst, info.scale) if dst.exists() and not overwrite else "absent"

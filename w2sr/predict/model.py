@@ -28,12 +28,13 @@ class Settings:
     bundle: str
     runtime: str = "auto"       # auto | onnx | openvino | tensorflow (w2sr.predict.paths)
     threads: Optional[int] = None
-    tile: int = DEFAULT_TILE
+    tile: Optional[int] = None  # None: DEFAULT_TILE on the CPU, sized to the free memory on a GPU
     batch: int = 1
     fmt: str = "float32"
     overwrite: bool = False
     progress: bool = True       # tile progress bars for big images (off on dask workers)
-    precision: str = "auto"     # auto | fp32 | bf16
+    precision: str = "auto"     # auto | fp32 | bf16 | tf32
+    device: str = "auto"        # auto | cpu | gpu
 
 
 def _tf_threads(threads: Optional[int]) -> None:
@@ -50,11 +51,13 @@ def _tf_threads(threads: Optional[int]) -> None:
 
 def load_path(info: BundleInfo, path: str, threads: Optional[int] = None):
     """The runtime of one inference path (``w2sr.predict.paths``: "onnx-fp32", "openvino-bf16",
-    ...): an object with ``predict(x (B,h,w,1) normalised) -> (B,2h,2w,1)``, weights hash-checked."""
-    runtime, precision = path.split("-")
-    weights = info.savedmodel_zip if runtime == "tensorflow" else info.onnx_path
+    "onnx-cuda-tf32", ...): an object with ``predict(x (B,h,w,1) normalised) -> (B,2h,2w,1)``,
+    weights hash-checked."""
+    runtime, precision = path.rsplit("-", 1)
+    framework = runtime.split("-")[0]
+    weights = info.savedmodel_zip if framework == "tensorflow" else info.onnx_path
     if weights is None:
-        raise UserError(f"{info.root / 'rdf.yaml'}: the bundle has no {runtime} weights")
+        raise UserError(f"{info.root / 'rdf.yaml'}: the bundle has no {framework} weights")
     if not Path(weights).exists():
         raise UserError(f"{weights}: weights named in the rdf are missing")
     info.check_weights(weights)
@@ -62,18 +65,47 @@ def load_path(info: BundleInfo, path: str, threads: Optional[int] = None):
 
     if runtime == "onnx":
         return OnnxRuntime(weights, threads=threads)
+    if runtime == "onnx-cuda":
+        return OnnxRuntime(weights, providers=["CUDAExecutionProvider"], threads=threads, math=precision)
     if runtime == "openvino":
         return OpenVinoRuntime(weights, precision, threads=threads)
     _tf_threads(threads)
+    if runtime == "tensorflow-gpu":
+        return SavedModelRuntime(weights, device="gpu", math=precision)
     return SavedModelRuntime(weights)
 
 
+def is_gpu_path(path: str) -> bool:
+    return "-cuda-" in path or "-gpu-" in path
+
+
+def tile_for(info: BundleInfo, path: str, asked: Optional[int]) -> int:
+    """The tile side: the one asked for; else on a GPU the largest that half its free memory holds
+    (``w2sr.core.gpu``, scaled by the generator's width in the rdf), on a CPU ``DEFAULT_TILE``."""
+    if asked:
+        return asked
+    if not is_gpu_path(path):
+        return DEFAULT_TILE
+    from w2sr.core.gpu import bytes_per_pixel, first_gpu, tile_for_memory
+
+    gpu = first_gpu()
+    if gpu is None:
+        log.warning("GPU memory unknown (no nvidia-smi): tile %d px", DEFAULT_TILE)
+        return DEFAULT_TILE
+    nf = (((info.doc.get("config") or {}).get("w2sr") or {}).get("run") or {}).get("generator", {}).get("nf")
+    per_px = bytes_per_pixel(nf)
+    tile = info.valid_size_at_least(tile_for_memory(gpu.free_mib * 2**20, per_px, DEFAULT_TILE))
+    log.info("GPU %s: %.1f of %.1f GiB free, about %.1f KB per pixel (nf %s): tile %d px", gpu.name,
+             gpu.free_mib / 1024, gpu.total_mib / 1024, per_px / 1000, nf or "unknown", tile)
+    return tile
+
+
 def load_runtime(info: BundleInfo, runtime: str = "auto", threads: Optional[int] = None,
-                 precision: str = "auto"):
+                 precision: str = "auto", device: str = "auto"):
     """(runtime, path name): the path ``w2sr.predict.paths.choose`` keeps for this machine."""
     from w2sr.predict.paths import choose
 
-    choice, rt = choose(info, runtime, precision, lambda path: load_path(info, path, threads))
+    choice, rt = choose(info, runtime, precision, lambda path: load_path(info, path, threads), device=device)
     guard = f", guard {choice.guard_db:.1f} dB vs test_output.npy" if choice.guard_db is not None else ""
     log.info("inference path: %s (%s%s)", choice.path, choice.reason, guard)
     return rt, choice.path
@@ -82,16 +114,16 @@ def load_runtime(info: BundleInfo, runtime: str = "auto", threads: Optional[int]
 class Model:
     """A loaded bundle: its numbers and one runtime."""
 
-    def __init__(self, info: BundleInfo, runtime, name: str):
-        self.info, self.runtime, self.name = info, runtime, name
+    def __init__(self, info: BundleInfo, runtime, name: str, tile: int = DEFAULT_TILE):
+        self.info, self.runtime, self.name, self.tile = info, runtime, name, tile
 
     @classmethod
     def load(cls, settings: Settings) -> "Model":
         info = read_bundle(settings.bundle)
         if info.halo == 0:
             log.warning("%s: the rdf states halo 0; tiles may show seams", info.root / "rdf.yaml")
-        runtime, path = load_runtime(info, settings.runtime, settings.threads, settings.precision)
-        return cls(info, runtime, path)
+        runtime, path = load_runtime(info, settings.runtime, settings.threads, settings.precision, settings.device)
+        return cls(info, runtime, path, tile_for(info, path, settings.tile))
 
     def predict_fn(self, input_map: InputMap) -> Callable[[np.ndarray], np.ndarray]:
         """Raw tiles (B,h,w,1) -> outputs: the bundle's pre, network, post.
@@ -120,7 +152,7 @@ class Model:
             log.warning("%s: %s; its output is what DeepImageJ gives (a flat plane for a constant one), "
                         "not a restoration", where or label or "image",
                         equal_percentiles(norm.low_percentile, norm.high_percentile, input_map.lo, "plane"))
-        tile = balanced_tile(plane.shape, settings.tile, info.halo, info.valid_size_at_least)
+        tile = balanced_tile(plane.shape, self.tile, info.halo, info.valid_size_at_least)
         n_tiles = count_tiles(plane.shape, tile, info.halo, info.valid_size_at_least)
         bar = None
         if settings.progress and n_tiles > TILE_BAR_MIN:
@@ -151,7 +183,8 @@ def _bundle_state(bundle: str) -> tuple:
 
 def cached_model(settings: Settings) -> Model:
     """The model for these settings, loaded once per process (dask workers reuse it)."""
-    key = (Settings(settings.bundle, settings.runtime, settings.threads), _bundle_state(settings.bundle))
+    key = (settings.bundle, settings.runtime, settings.threads, settings.precision, settings.device, settings.tile,
+           _bundle_state(settings.bundle))
     with _MODEL_LOCK:
         if key not in _MODEL_CACHE:
             _MODEL_CACHE[key] = Model.load(settings)

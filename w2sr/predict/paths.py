@@ -7,13 +7,19 @@ Paths (``runtime-precision``):
 * ``tensorflow-fp32``: the frozen SavedModel in TensorFlow;
 * ``openvino-fp32``, ``openvino-bf16``: OpenVINO reading the same ``weights.onnx``; bf16 keeps
   activations in bfloat16 (``INFERENCE_PRECISION_HINT``), fast only where the CPU computes bf16
-  natively (AVX512-BF16 or AMX-BF16; elsewhere OpenVINO would emulate it, slower than fp32).
+  natively (AVX512-BF16 or AMX-BF16; elsewhere OpenVINO would emulate it, slower than fp32);
+* on an NVIDIA GPU (``--device gpu``, or ``auto`` where one is usable): ``onnx-cuda-fp32`` /
+  ``onnx-cuda-tf32`` (onnxruntime-gpu) and ``tensorflow-gpu-fp32`` / ``tensorflow-gpu-tf32`` (the
+  SavedModel in a CUDA build of TensorFlow). fp32 is strict (TensorFloat-32 off); tf32 is the
+  frameworks' default on Ampere and newer, about twice as fast, with a deviation the guard measures.
 
-``--precision auto --runtime auto`` (the default) takes the fastest path the CPU supports natively
-(:func:`candidates`), then checks it on the bundle's own test input against ``test_output.npy``
-(:func:`guard`: PSNR >= :data:`GUARD_PSNR_DB` relative to it, the range of the stored output as the
-peak). A path that fails falls back to the next one, and finally to ``onnx-fp32``, with one log line
-saying why. Verdicts are cached per weights file, path and CPU (``~/.cache/w2sr/guard.json``).
+``--precision auto --runtime auto --device auto`` (the default) takes the fastest path the machine
+supports natively (:func:`candidates`), then checks it on the bundle's own test input against
+``test_output.npy`` (:func:`guard`: PSNR >= :data:`GUARD_PSNR_DB` relative to it, the range of the
+stored output as the peak). A path that fails falls back to the next one, and finally to
+``onnx-fp32`` on the CPU, with one log line saying why. Every path but that reference is guarded,
+GPU fp32 included (it catches a broken CUDA set-up). Verdicts are cached per weights file, path and
+processor (``~/.cache/w2sr/guard.json``).
 """
 from __future__ import annotations
 
@@ -33,7 +39,10 @@ from w2sr.core.errors import UserError
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "onnx", "openvino", "tensorflow")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "tf32")
+DEVICES = ("auto", "cpu", "gpu")
+#: the GPU runtime each --runtime maps to (OpenVINO's GPU plugin is for Intel GPUs: not offered)
+GPU_RUNTIME = {"onnx": "onnx-cuda", "tensorflow": "tensorflow-gpu"}
 REFERENCE = "onnx-fp32"
 #: a path is kept when its output on the test input is within this PSNR of test_output.npy; 50 dB is
 #: a largest error of about 0.3 % of the output's range, far below what a person can see
@@ -48,24 +57,69 @@ def openvino_available() -> bool:
     return True
 
 
+def gpu_runtimes() -> dict[str, str]:
+    """{"onnx": why not or "", "tensorflow": why not or ""}: which GPU runtimes work here."""
+    from export.runtimes import ort_cuda_missing, tf_gpu_missing
+
+    return {"onnx": ort_cuda_missing(), "tensorflow": tf_gpu_missing()}
+
+
+def resolve_device(device: str, runtime: str, precision: str, gpu: dict[str, str]) -> str:
+    """"cpu" or "gpu" for ``--device``; ``gpu`` maps each GPU runtime to why it cannot run ("" when
+    it can). ``auto`` takes the GPU when a runtime asked for (or any, for ``--runtime auto``) can use
+    one and the precision is one a GPU path has; explicit choices that cannot run are refused."""
+    if device not in DEVICES:
+        raise UserError(f"--device {device}: choose from {', '.join(DEVICES)}")
+    usable = [r for r, why in gpu.items() if not why and (runtime in ("auto", r))]
+    if device == "cpu":
+        if precision == "tf32":
+            raise UserError("--precision tf32 is a GPU mode (NVIDIA tensor cores): use --device gpu or auto")
+        return "cpu"
+    if device == "gpu":
+        if runtime == "openvino":
+            raise UserError("--runtime openvino runs on the CPU here; on an NVIDIA GPU use --runtime onnx "
+                            "(onnxruntime-gpu) or tensorflow (a CUDA build)")
+        if precision == "bf16":
+            raise UserError("--precision bf16 is a CPU path (OpenVINO); a GPU runs the bundle in fp32 or tf32")
+        if not usable:
+            wanted = [runtime] if runtime != "auto" else list(gpu)
+            raise UserError("--device gpu: no GPU runtime here: " + "; ".join(f"{r}: {gpu[r]}" for r in wanted))
+        return "gpu"
+    # auto
+    if precision == "tf32" and not usable:
+        raise UserError("--precision tf32 needs an NVIDIA GPU and a GPU runtime: "
+                        + "; ".join(f"{r}: {why}" for r, why in gpu.items()))
+    if usable and runtime != "openvino" and precision != "bf16":
+        return "gpu"
+    return "cpu"
+
+
 def candidates(runtime: str, precision: str, flags: frozenset[str], have_openvino: bool,
-               have_savedmodel: bool = True) -> list[tuple[str, str]]:
+               have_savedmodel: bool = True, device: str = "cpu",
+               gpu: Optional[dict[str, str]] = None, cpu_fallback: bool = True) -> list[tuple[str, str]]:
     """The paths to try, fastest first, each with why it is on the list; the last one is accurate.
 
     Explicit choices are honoured (and refused in one line where they cannot run); ``auto`` uses
-    bf16 only where the CPU has it natively, OpenVINO where it is installed."""
+    bf16 only where the CPU has it natively, OpenVINO where it is installed. ``device`` is the
+    resolved one (:func:`resolve_device`); ``gpu`` as there. GPU lists end with the CPU reference
+    when ``cpu_fallback`` (``--device auto``); with ``--device gpu`` they stay on the GPU."""
     if runtime not in RUNTIMES:
         raise UserError(f"--runtime {runtime}: choose from {', '.join(RUNTIMES)}")
     if precision not in PRECISIONS:
         raise UserError(f"--precision {precision}: choose from {', '.join(PRECISIONS)}")
+    if runtime == "tensorflow" and not have_savedmodel:
+        raise UserError("--runtime tensorflow: the bundle has no SavedModel weights")
+    if device == "gpu":
+        paths = _gpu_candidates(runtime, precision, have_savedmodel, gpu or {})
+        return paths + [(REFERENCE, "CPU fallback")] if cpu_fallback else paths
+    if precision == "tf32":
+        raise UserError("--precision tf32 is a GPU mode (NVIDIA tensor cores): use --device gpu or auto")
     bf16 = native_bf16(flags)
     if precision == "bf16" and runtime not in ("auto", "openvino"):
         raise UserError(f"--precision bf16 runs on OpenVINO only (--runtime openvino or auto), not {runtime}")
     if runtime == "openvino" or (precision == "bf16" and runtime == "auto"):
         if not have_openvino:
             raise UserError("--runtime openvino: OpenVINO is not installed (pip install openvino)")
-    if runtime == "tensorflow" and not have_savedmodel:
-        raise UserError("--runtime tensorflow: the bundle has no SavedModel weights")
     if precision == "bf16":
         why = f"asked for; CPU {'has ' + bf16 if bf16 else 'has no native bf16 (emulated: slow)'}"
         return [("openvino-bf16", why)]
@@ -82,6 +136,28 @@ def candidates(runtime: str, precision: str, flags: frozenset[str], have_openvin
     paths.append((REFERENCE, "accurate reference path" if paths else
                   ("CPU has no native bf16" if not bf16 else "OpenVINO not installed")))
     return paths
+
+
+def _gpu_candidates(runtime: str, precision: str, have_savedmodel: bool,
+                    gpu: dict[str, str]) -> list[tuple[str, str]]:
+    """GPU paths: the runtime asked for (auto: onnxruntime-gpu, else TensorFlow), TF32 first under
+    ``--precision auto``, strict fp32 after it."""
+    if runtime == "auto":
+        usable = [r for r in ("onnx", "tensorflow") if not gpu.get(r, "missing")
+                  and (r != "tensorflow" or have_savedmodel)]
+        if not usable:
+            raise UserError("--device gpu: no GPU runtime can run this bundle: "
+                            + "; ".join(f"{r}: {why}" for r, why in gpu.items() if why))
+        rt = usable[0]
+    else:
+        rt = runtime
+    base = GPU_RUNTIME[rt]
+    if precision == "fp32":
+        return [(f"{base}-fp32", "asked for fp32 (TF32 off)")]
+    if precision == "tf32":
+        return [(f"{base}-tf32", "asked for tf32")]
+    return [(f"{base}-tf32", "GPU, TensorFloat-32 (the framework's default on Ampere and newer)"),
+            (f"{base}-fp32", "GPU, strict fp32 (TF32 off)")]
 
 
 # --------------------------------------------------------------------------------------------
@@ -128,9 +204,19 @@ def _cache_file() -> Path:
     return Path(os.environ.get("W2SR_CACHE", Path.home() / ".cache" / "w2sr")) / "guard.json"
 
 
+def _processor(path: str) -> str:
+    """The processor a path's verdict belongs to: the GPU's name for GPU paths, else the CPU's."""
+    if "-cuda-" in path or "-gpu-" in path:
+        from w2sr.core.gpu import first_gpu
+
+        gpu = first_gpu()
+        return gpu.name if gpu else "unknown GPU"
+    return cpu_model()
+
+
 def _cache_key(info, path: str) -> str:
     weights = info.weight_sha256.get(info.onnx_path) or str(info.onnx_path)
-    return f"{weights}|{path}|{cpu_model()}"
+    return f"{weights}|{path}|{_processor(path)}"
 
 
 def _read_cache() -> dict:
@@ -151,12 +237,20 @@ def _write_cache(cache: dict) -> None:
 
 
 def choose(info, runtime: str, precision: str, load: Callable[[str], object],
-           flags: Optional[frozenset[str]] = None) -> tuple[Choice, object]:
+           flags: Optional[frozenset[str]] = None, device: str = "auto",
+           gpu: Optional[dict[str, str]] = None) -> tuple[Choice, object]:
     """Walk :func:`candidates`; load each path with ``load(path)``; keep the first whose guard passes
-    (explicitly asked-for paths are kept but still checked and reported). Returns (choice, runtime)."""
+    (explicitly asked-for paths are kept but still checked and reported). Returns (choice, runtime).
+
+    ``gpu`` (default: :func:`gpu_runtimes`, probed only when ``device`` is not "cpu") says which
+    GPU runtimes work here."""
     flags = cpu_flags() if flags is None else flags
-    paths = candidates(runtime, precision, flags, openvino_available(), info.savedmodel_zip is not None)
-    explicit = runtime != "auto" or precision != "auto"
+    if gpu is None:
+        gpu = gpu_runtimes() if device != "cpu" else {}
+    where = resolve_device(device, runtime, precision, gpu)
+    paths = candidates(runtime, precision, flags, openvino_available(), info.savedmodel_zip is not None,
+                       where, gpu, cpu_fallback=device == "auto")
+    explicit = runtime != "auto" or precision != "auto" or device == "gpu"
     cache = _read_cache()
     rejected = []
     for i, (path, reason) in enumerate(paths):
