@@ -90,6 +90,12 @@ def cuda_provider(math: str = STRICT_MATH, device_id: int = 0) -> tuple[str, dic
     return "CUDAExecutionProvider", {"device_id": str(int(device_id)), "use_tf32": "1" if math == "tf32" else "0"}
 
 
+def session_providers(names: Sequence[str], math: str = STRICT_MATH) -> list:
+    """What an ONNX Runtime session is given for provider ``names``: the CUDA provider always with
+    :func:`cuda_provider`'s options (never ONNX Runtime's TF32 default), the others by name."""
+    return [cuda_provider(math) if n == "CUDAExecutionProvider" else n for n in names]
+
+
 def mixed_precision_copy(model: Any, math: str) -> Any:
     """The Keras model rebuilt with a mixed-precision policy (bf16/fp16 activations and matmuls,
     float32 variables) and the same weights; its last layer stays float32, as in training."""
@@ -233,7 +239,7 @@ class OnnxRuntime:
             opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         #: what the session is given: the CUDA provider always with its math options
-        self.providers = [cuda_provider(self.math) if p == "CUDAExecutionProvider" else p for p in providers]
+        self.providers = session_providers(providers, self.math)
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=self.providers)
         except Exception as exc:
