@@ -106,7 +106,8 @@ def load_runtime(info: BundleInfo, runtime: str = "auto", threads: Optional[int]
     from w2sr.predict.paths import choose
 
     choice, rt = choose(info, runtime, precision, lambda path: load_path(info, path, threads), device=device)
-    guard = f", guard {choice.guard_db:.1f} dB vs test_output.npy" if choice.guard_db is not None else ""
+    guard = (f", guard {choice.guard_db:.1f} dB vs test_output.npy, margin {choice.margin_db:+.1f} dB"
+             if choice.guard_db is not None and choice.margin_db is not None else "")
     log.info("inference path: %s (%s%s)", choice.path, choice.reason, guard)
     return rt, choice.path
 

@@ -44,11 +44,14 @@ DEVICES = ("auto", "cpu", "gpu")
 #: the GPU runtime each --runtime maps to (OpenVINO's GPU plugin is for Intel GPUs: not offered)
 GPU_RUNTIME = {"onnx": "onnx-cuda", "tensorflow": "tensorflow-gpu"}
 REFERENCE = "onnx-fp32"
-#: a path is kept when its output on the test input is within this PSNR of test_output.npy; 50 dB is
-#: a largest error of about 0.3 % of the output's range, far below what a person can see
+#: a path is kept when its output on the whole test input is within this PSNR of test_output.npy:
+#: an RMS error of 0.32 % of the output's range. Against the model's own error (about 31 dB vs the SIM
+#: target on held-out data) it adds at most 0.05 dB of held-out PSNR (errors add in quadrature)
 GUARD_PSNR_DB = 50.0
-#: the guard runs on a window of the test input this many output pixels inside its border
-GUARD_WINDOW = 128
+#: ... and no block of GUARD_BLOCK x GUARD_BLOCK output pixels below this (an RMS error of 1 % of the
+#: range there): a badly damaged 16 x 16 patch in a 512^2 output still scores 50 dB over the whole image
+GUARD_BLOCK_PSNR_DB = 40.0
+GUARD_BLOCK = 64
 def openvino_available() -> bool:
     try:
         import openvino  # noqa: F401
@@ -164,32 +167,62 @@ def _gpu_candidates(runtime: str, precision: str, have_savedmodel: bool,
 # the accuracy guard
 
 
-def guard_window(info) -> tuple[np.ndarray, np.ndarray, slice]:
-    """(normalised input window (1,h,w,1), expected output of its kept part, the crop of the
-    window's output to compare): a window of the test input with the halo as context, so the
-    guard costs a fraction of the whole test image."""
+def guard_sample(info) -> tuple[np.ndarray, np.ndarray]:
+    """(the whole normalised test input (1,h,w,1), test_output.npy as (H,W)): the guard sees every
+    pixel of the test input, so damage that depends on content (bright structures, borders) is seen."""
     raw = np.load(info.test_input)[0, :, :, 0].astype(np.float32)
     expected = np.load(info.test_output)[0, :, :, 0].astype(np.float32)
     x = info.normalization.measure(raw).apply(raw)  # the whole image's normalisation, as in use
-    h, w = raw.shape
-    side = min(h, w, GUARD_WINDOW // info.scale + 2 * info.halo)
-    if side == min(h, w) or not info.is_valid_size(side):  # the whole test image
-        return x[None, :, :, None], expected, slice(None)
-    y0, x0 = (h - side) // 2, (w - side) // 2
-    window = x[y0:y0 + side, x0:x0 + side][None, :, :, None]
-    s, m = info.scale, info.scale * info.halo
-    keep = slice(m, s * side - m)
-    want = expected[s * y0:s * (y0 + side), s * x0:s * (x0 + side)][keep, keep]
-    return window, want, keep
+    return x[None, :, :, None], expected
 
 
-def guard(info, predict: Callable[[np.ndarray], np.ndarray]) -> float:
-    """PSNR (dB) of a path's output on the test-input window against test_output.npy."""
-    window, want, keep = guard_window(info)
-    from training.metrics import psnr
+@dataclass(frozen=True)
+class GuardResult:
+    """A path's agreement with test_output.npy: PSNR over the whole output and in its worst block."""
+    psnr_db: float
+    worst_block_db: float
+    pixels: int
 
-    got = info.normalization.output(predict(window))[0, :, :, 0][keep, keep]
-    return float("inf") if np.array_equal(got, want) else psnr(got, want)  # peak: the reference's range
+    @property
+    def passed(self) -> bool:
+        return self.psnr_db >= GUARD_PSNR_DB and self.worst_block_db >= GUARD_BLOCK_PSNR_DB
+
+    @property
+    def margin_db(self) -> float:
+        """How far the path is above the nearer of the two thresholds (negative: it fails)."""
+        return min(self.psnr_db - GUARD_PSNR_DB, self.worst_block_db - GUARD_BLOCK_PSNR_DB)
+
+    def describe(self) -> str:
+        return (f"{self.psnr_db:.1f} dB PSNR vs test_output.npy over {self.pixels} output pixels, worst "
+                f"{GUARD_BLOCK}x{GUARD_BLOCK} block {self.worst_block_db:.1f} dB (margin {self.margin_db:+.1f} dB)")
+
+
+def guard_scores(got: np.ndarray, want: np.ndarray) -> GuardResult:
+    """Whole-image PSNR and the lowest PSNR of any :data:`GUARD_BLOCK`-pixel block (same peak: the
+    reference's range), so a small region damaged badly cannot hide in a large clean image."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    peak = float(want.max() - want.min()) or 1.0
+    err = (got - want) ** 2
+
+    def db(mse: float) -> float:
+        return float("inf") if mse == 0 else float(10 * np.log10(peak ** 2 / mse))
+
+    h, w = err.shape
+    b = min(GUARD_BLOCK, h, w)
+    hb, wb = h // b, w // b
+    blocks = err[: hb * b, : wb * b].reshape(hb, b, wb, b).mean(axis=(1, 3))
+    # the right and bottom remainders, as blocks flush with the border
+    edges = [err[h - b:, x0:x0 + b].mean() for x0 in range(0, w - b + 1, b)] + \
+            [err[y0:y0 + b, w - b:].mean() for y0 in range(0, h - b + 1, b)] + [err[h - b:, w - b:].mean()]
+    worst = max(float(blocks.max()), max(float(e) for e in edges))
+    return GuardResult(db(float(err.mean())), db(worst), int(err.size))
+
+
+def guard(info, predict: Callable[[np.ndarray], np.ndarray]) -> GuardResult:
+    """A path's output on the whole test input against test_output.npy."""
+    x, want = guard_sample(info)
+    got = info.normalization.output(predict(x))[0, :, :, 0]
+    return guard_scores(got, want)
 
 
 @dataclass
@@ -198,6 +231,7 @@ class Choice:
     reason: str              # why this path
     guard_db: Optional[float] = None
     rejected: tuple = ()     # (path, reason) of paths that were tried and dropped
+    margin_db: Optional[float] = None   # how far above the nearer guard threshold
 
 
 def _cache_file() -> Path:
@@ -259,25 +293,29 @@ def choose(info, runtime: str, precision: str, load: Callable[[str], object],
         if path == REFERENCE:  # the reference needs no guard: test_output.npy is its own output
             return Choice(path, reason, rejected=tuple(rejected)), rt
         key = _cache_key(info, path)
-        db = cache.get(key)
-        if db is None:
+        cached = cache.get(key)
+        result = GuardResult(**cached) if isinstance(cached, dict) else None
+        if result is None:
             t0 = time.perf_counter()
             try:
-                db = guard(info, rt.predict)
+                result = guard(info, rt.predict)
             except ValueError as exc:  # e.g. a test input the normalisation refuses: nothing to check on
                 log.warning("accuracy guard for %s cannot run on %s (%s)", path, info.test_input, exc)
-                db = float("-inf")
-            log.info("accuracy guard for %s: %.1f dB PSNR vs test_output.npy (%.1f s)", path, db,
-                     time.perf_counter() - t0)
-            if np.isfinite(db) or db > 0:
-                cache[key] = db if np.isfinite(db) else 999.0
+                result = GuardResult(float("-inf"), float("-inf"), 0)
+            log.info("accuracy guard for %s: %s (%.1f s)", path, result.describe(), time.perf_counter() - t0)
+            if result.pixels:
+                cache[key] = {k: (v if np.isfinite(v) else 999.0) for k, v in
+                              (("psnr_db", result.psnr_db), ("worst_block_db", result.worst_block_db))}
+                cache[key]["pixels"] = result.pixels
                 _write_cache(cache)
-        if db >= GUARD_PSNR_DB or (explicit and last):
-            if db < GUARD_PSNR_DB:
-                log.warning("%s: only %.1f dB PSNR vs the bundle's test output (guard: %g dB); kept because "
-                            "it was asked for", path, db, GUARD_PSNR_DB)
-            return Choice(path, reason, db, tuple(rejected)), rt
-        why = f"{db:.1f} dB PSNR vs test_output.npy is below the {GUARD_PSNR_DB:g} dB guard"
+        db = result.psnr_db
+        if result.passed or (explicit and last):
+            if not result.passed:
+                log.warning("%s: %s, below the guard (%g dB whole, %g dB per block); kept because it was asked "
+                            "for", path, result.describe(), GUARD_PSNR_DB, GUARD_BLOCK_PSNR_DB)
+            return Choice(path, reason, db, tuple(rejected), result.margin_db), rt
+        why = (f"{result.describe()}: below the guard ({GUARD_PSNR_DB:g} dB whole, {GUARD_BLOCK_PSNR_DB:g} dB "
+               f"per block)")
         log.warning("not using %s: %s; falling back to %s", path, why, paths[i + 1][0] if not last else REFERENCE)
         rejected.append((path, why))
     return Choice(REFERENCE, "fallback after the guard", rejected=tuple(rejected)), load(REFERENCE)
