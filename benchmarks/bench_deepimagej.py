@@ -21,7 +21,6 @@ benchmarks/results/bench_deepimagej_*.md.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import sys
@@ -30,7 +29,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import limits as machine_limits  # noqa: E402  (benchmarks/limits.py)
 import machine  # noqa: E402  (benchmarks/machine.py)
+import workloads  # noqa: E402  (benchmarks/workloads.py)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -73,6 +74,7 @@ def engine_memory(bundle: Path, repeats: int) -> list[dict]:
             "max_abs_diff_vs_test_output": max(r.max_abs_diff or 0.0 for r in rs),
             "peak_rss_mb": statistics.median(r.peak_rss_mb for r in rs if r.peak_rss_mb is not None),
             "s_per_tile": round(statistics.median(r.run_seconds for r in rs if r.run_seconds) / tiles, 1),
+            "min_s_per_tile": round(min(r.run_seconds for r in rs if r.run_seconds) / tiles, 1),
             "tiles_in_test_input": tiles, "runs": len(rs),
         })
     return rows
@@ -85,10 +87,12 @@ def main() -> int:
     ap.add_argument("--tile", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--work", type=Path, default=None, help="where to export (default: a temp folder)")
+    ap.add_argument("--quick-limits", action="store_true", help="one runtime and shape per limit (a smoke run)")
     ap.add_argument("--out", type=Path, default=None, help="write .md/.json here (without suffix)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    result: dict = {"machine": machine.describe_machine("numpy", "tensorflow", "onnxruntime")}
+    result: dict = {"machine": machine_limits.machine_record("cpu")}
+    lim = result["limits"] = machine_limits.measure_limits("cpu", quick=args.quick_limits)
     work = args.work or Path(tempfile.mkdtemp(prefix="w2sr-bench-dij-"))
     bundle = args.bundle
     if bundle is None:
@@ -107,18 +111,25 @@ def main() -> int:
     md = [f"# DeepImageJ 3.1 tiles and engine memory: {bundle}", "",
           "| image | JDLL tile | halo | tiles | JDLL hangs |", "|---|---|---|---|---|"]
     md += [f"| {r['image']} | {r['tile']} | {r.get('halo', '-')} | {r['tiles']} | {r['hangs']} |" for r in result["tiles"]]
-    md += ["", "| engine | runtime | peak RSS, one tile at a time (MB) | s per tile | max diff vs test_output | status |",
-           "|---|---|---|---|---|---|"]
-    md += [f"| {r['engine']} | {r['runtime']} | {r['peak_rss_mb']:.0f} | {r['s_per_tile']} | "
-           f"{r['max_abs_diff_vs_test_output']:.2e} | {', '.join(r['status'])} |" for r in result["engines"]]
-    m = result["machine"]
-    md += ["", f"Machine: {m['cpu']}, {m['cpus_usable']} usable CPUs, {m['memory_gib']} GiB, load {m['load_average']}."]
+    from export.bundle_info import read_bundle
+
+    info = read_bundle(bundle)
+    tile = info.deepimagej_tile or 512
+    tile_flops = workloads.graph_flops(info.onnx_path, tile, tile)
+    md += ["", f"| engine | runtime | peak RSS, one tile at a time (MB) | s per {tile}^2 tile (min / median) | "
+               "% of the fp32 limit (min) | max diff vs test_output | status |", "|---|---|---|---|---|---|---|"]
+    for r in result["engines"]:
+        r["limit_ratio"] = machine_limits.ratio_to_limit(tile_flops, r["min_s_per_tile"], lim["limits"]["fp32"],
+                                                         r["engine"]) if r["min_s_per_tile"] else None
+        share = f"{100 * r['limit_ratio']:.0f} %" if r["limit_ratio"] else "-"
+        md.append(f"| {r['engine']} | {r['runtime']} | {r['peak_rss_mb']:.0f} | {r['min_s_per_tile']} / "
+                  f"{r['s_per_tile']} | {share} | {r['max_abs_diff_vs_test_output']:.2e} | {', '.join(r['status'])} |")
+    md += ["", machine.one_line(result["machine"]), ""] + machine_limits.limits_markdown(lim)
+    md += ["", f"{tile_flops / 1e12:.3f} TFLOP per {tile}^2 tile on the exported graph (in-graph padding included)."]
     text = "\n".join(md) + "\n"
     print(text)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".md").write_text(text)
-        args.out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+        machine.write_result(args.out, text, result)
     return 0 if all(s == "passed" for r in result["engines"] for s in r["status"]) else 1
 
 

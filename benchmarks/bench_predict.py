@@ -38,7 +38,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import limits as machine_limits  # noqa: E402  (benchmarks/limits.py)
 import machine  # noqa: E402  (benchmarks/machine.py)
+import workloads  # noqa: E402  (benchmarks/workloads.py)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"demo": "demo", "full": "w2s"}
@@ -167,7 +169,7 @@ def build_random_bundle(kind: str, root: Path, halo: int) -> Path:
 # the parent
 # ------------------------------------------------------------------------------------------------
 def describe_machine() -> dict:
-    return machine.describe_machine("numpy", "onnxruntime", "tensorflow", "tifffile")
+    return machine_limits.machine_record("cpu")
 
 
 def measure(bundle: Path, runtime: str, size: int, repeats: int, tile: int, threads, workdir: Path,
@@ -185,21 +187,20 @@ def measure(bundle: Path, runtime: str, size: int, repeats: int, tile: int, thre
                 "wall_s": time.perf_counter() - t0}
     m = json.loads(proc.stdout.strip().splitlines()[-1])
     m["median_s"] = statistics.median(m["times_s"])
+    m["min_s"] = min(m["times_s"])
     m["s_per_mpx"] = m["median_s"] / (size * size / 1e6)
     m["wall_s"] = time.perf_counter() - t0
     return m
 
 
-def markdown(rows: list[dict], machine: dict, note: str) -> str:
+def markdown(rows: list[dict], record: dict, note: str, lim: dict) -> str:
     lines = [
-        "# w2sr predict benchmark", "",
-        f"Machine: {machine['cpu']}, {machine['cpus_usable']} usable CPUs, {machine['memory_gib']} GiB RAM; "
-        f"load average at start {machine['load_average']}; Python {machine['python']}, onnxruntime "
-        f"{machine['onnxruntime']}, TensorFlow {machine['tensorflow']}, numpy {machine['numpy']}.",
-        note, "",
-        "| model | runtime | input | tiles (tile, halo) | median s/image | s per input MPx | x time vs previous size "
-        "| peak RSS MiB | RSS after load MiB | runs |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "# w2sr predict benchmark", "", machine.one_line(record),
+        f"Python {record['python']}, onnxruntime {record['onnxruntime']}, TensorFlow {record['tensorflow']}, "
+        f"numpy {record['numpy']}.", note, ""] + machine_limits.limits_markdown(lim) + ["",
+        "| model | runtime | input | tiles (tile, halo) | s/image (min / median) | s per input MPx (median) "
+        "| x time vs previous size | % of the fp32 limit (min) | peak RSS MiB | RSS after load MiB | runs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     prev: dict = {}
     for r in rows:
@@ -211,10 +212,13 @@ def markdown(rows: list[dict], machine: dict, note: str) -> str:
         prev[key] = r["median_s"]
         lines.append(
             f"| {r['model']} | {r['runtime']} | {r['size']}² | {r['tiles']} ({r['tile']}, {r['halo']}) "
-            f"| {r['median_s']:.2f} | {r['s_per_mpx']:.2f} | {growth} | {r['peak_rss_mib']:.0f} "
+            f"| {r['min_s']:.2f} / {r['median_s']:.2f} | {r['s_per_mpx']:.2f} | {growth} "
+            f"| {100 * r['limit_ratio']:.0f} % | {r['peak_rss_mib']:.0f} "
             f"| {r['rss_loaded_mib']:.0f} | {len(r['times_s'])} |")
     lines += ["", "Each size has 4x the pixels of the previous one: a time ratio near 4 means cost linear in "
-              "pixels (constant s/MPx). Peak RSS is the whole process (Python, runtime, model, image, output)."]
+              "pixels (constant s/MPx). Peak RSS is the whole process (Python, runtime, model, image, output). "
+              "% of the limit: the exported graph's FLOPs over every tile run (halo and in-graph padding "
+              "included), at the minimum time, over the fp32 limit measured in the same run."]
     return "\n".join(lines) + "\n"
 
 
@@ -241,6 +245,7 @@ def main(argv=None) -> int:
                    help="halo for random bundles (exporter: default measured; minimal: default 32)")
     p.add_argument("--workdir", default=None, help="where bundles and images go (default: a temp folder)")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per measurement")
+    p.add_argument("--quick-limits", action="store_true", help="one runtime and shape per limit (a smoke run)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "bench_predict.md"),
                    help="Markdown report (a .json with the raw numbers is written beside it)")
     # child mode
@@ -257,8 +262,9 @@ def main(argv=None) -> int:
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="w2sr-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     given = dict(b.split("=", 1) for b in args.bundle)
-    machine = describe_machine()
-    print(f"machine: {json.dumps(machine)}", flush=True)
+    record = describe_machine()
+    print(machine.one_line(record), flush=True)
+    lim = machine_limits.measure_limits("cpu", args.threads, quick=args.quick_limits)
     rows = []
     notes = []
     for model in [m for m in args.models.split(",") if m]:
@@ -282,6 +288,15 @@ def main(argv=None) -> int:
                 print(f"[run] {model} {runtime} {size}x{size} x{n} ...", flush=True)
                 m = measure(bundle, runtime, size, n, args.tile, args.threads, workdir, args.timeout)
                 m.update(model=model, runtime=runtime, size=size)
+                if "error" not in m:
+                    from export.bundle_info import read_bundle
+
+                    info = read_bundle(bundle)
+                    th, tw = (int(v) for v in m["tile"].split("x"))
+                    m["tflop"] = workloads.tiled_flops(info.onnx_path, (size, size), (th, tw), info.halo,
+                                                       info.valid_size_at_least) / 1e12
+                    m["limit_ratio"] = machine_limits.ratio_to_limit(m["tflop"] * 1e12, m["min_s"],
+                                                                     lim["limits"]["fp32"], f"{runtime} {size}")
                 rows.append(m)
                 if "error" in m:
                     print(f"      failed: {m['error']}", flush=True)
@@ -290,12 +305,10 @@ def main(argv=None) -> int:
                           f"peak RSS {m['peak_rss_mib']:.0f} MiB, {m['tiles']} tiles", flush=True)
     note = (f"Tile {args.tile} px (w2sr predict default), threads {args.threads or 'runtime default'}. "
             + "; ".join(notes) + ".")
-    report = markdown(rows, machine, note)
+    report = markdown(rows, record, note, lim)
     print(report)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report)
-    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "args": vars(args), "rows": rows}, indent=1))
+    machine.write_result(out, report, {"machine": record, "limits": lim, "args": vars(args), "rows": rows})
     print(f"written: {out} and {out.with_suffix('.json')}")
     return 0 if all("error" not in r for r in rows) else 1
 

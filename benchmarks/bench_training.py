@@ -25,11 +25,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import limits as _limits  # noqa: E402  (benchmarks/limits.py)
 import machine as _machine  # noqa: E402  (benchmarks/machine.py)
 
 
 def machine() -> dict:
-    return _machine.describe_machine()
+    return _limits.machine_record("cpu")
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -132,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="also time every measurement with train.mixed_precision set to this")
     ap.add_argument("--out", type=Path, help="also write the results as JSON here")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per measurement")
+    ap.add_argument("--quick-limits", action="store_true", help="one runtime and shape per limit (a smoke run)")
     # internal: one measurement in this process
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
@@ -147,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.full:
         plan += [("w2s", p, args.full_steps, 1, args.full_batch) for p in args.phases.split(",")]
     info = machine()
-    print(f"machine: {info['cpu']}, {info['cpus_usable']} usable cores, {info['memory_gib']} GiB, Python {info['python']}")
+    print(_machine.one_line(info), flush=True)
+    lim = _limits.measure_limits("cpu", quick=args.quick_limits)
     results = []
     for config, phase, steps, warmup, batch in plan:
         for mixed in [None] + ([args.mixed] if args.mixed else []):
@@ -164,10 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"TensorFlow {info.get('tensorflow')}, Keras {info.get('keras')}, random weights, "
           f"LR patches 64x64 -> 128x128")
     print(table(results))
+    print("\n" + _machine.one_line(info) + "\n\n" + "\n".join(_limits.limits_markdown(lim)))
     if args.out:
         from w2sr.core.files import atomic_write_text
 
-        atomic_write_text(args.out, json.dumps({"machine": info, "results": results}, indent=2) + "\n")
+        atomic_write_text(args.out, json.dumps({"machine": info, "limits": lim, "results": results}, indent=2) + "\n")
         print(f"\nwritten: {args.out}")
     return 0
 

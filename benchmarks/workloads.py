@@ -99,3 +99,17 @@ def graph_flops(onnx_path: Path, height: int, width: int) -> float:
             a = shapes.get(node.input[0]) or [None]
             total += 2.0 * float(np.prod(out)) * float(a[-1])
     return total
+
+
+def tiled_flops(onnx_path: Path, shape: tuple[int, int], tile, halo: int, valid_size=None) -> float:
+    """FLOPs of the exported graph over the tiles ``w2sr.core.tiling`` runs for an image of ``shape``
+    (every tile's halo and in-graph padding included)."""
+    from w2sr.core.tiling import iter_tiles
+
+    per_tile: dict = {}
+    total = 0.0
+    for _, _, th, tw, *_ in iter_tiles(shape, tile, halo, valid_size):
+        if (th, tw) not in per_tile:
+            per_tile[(th, tw)] = graph_flops(onnx_path, th, tw)
+        total += per_tile[(th, tw)]
+    return total
