@@ -46,6 +46,8 @@ PLAN = {
     "gpu": {m: {"tensorflow": ("gemm", "conv"), "torch": ("gemm", "conv"), "onnxruntime": ("gemm", "conv")}
             for m in ("fp32", "tf32", "bf16", "fp16")},
 }
+#: the wider types a request for each type may end up computed in
+WIDER = {"tf32": ("fp32",), "bf16": ("tf32", "fp32"), "fp16": ("tf32", "fp32"), "int8": ("bf16", "fp32")}
 QUICK_PLAN = {"cpu": {"fp32": {"onnxruntime": ("gemm",)}}, "gpu": {"fp32": {"torch": ("gemm",)}}}
 RUNTIME_MODULES = ("numpy", "tensorflow", "onnxruntime", "openvino", "torch")
 
@@ -263,11 +265,13 @@ def measure_limits(device: str = "cpu", threads: Optional[int] = None, runs: Opt
                     progress(_row_text(row))
     limits = {}
     for dtype in plan:
-        ok = [r for r in rows if r["dtype"] == dtype and "error" not in r]
+        # a request for a narrower type may run in a wider one (bf16 on a CPU without it runs in fp32):
+        # its limit is never below the wider type's
+        ok = [r for r in rows if r["dtype"] in (dtype, *WIDER.get(dtype, ())) and "error" not in r]
         if ok:
             best = max(ok, key=lambda r: r["gops_best"])
             limits[dtype] = {"gops": round(best["gops_best"], 1), "gops_median": round(best["gops_median"], 1),
-                             "by": _row_name(best)}
+                             "by": _row_name(best) + (f" in {best['dtype']}" if best["dtype"] != dtype else "")}
     return {"device": device, "threads": threads, "runs": runs, "rows": rows, "limits": limits}
 
 
