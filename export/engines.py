@@ -79,7 +79,8 @@ class EngineResult:
 
 
 @dataclass
-class _Bundle:
+class EngineBundle:
+    """What the engines need of a bundle: its info, the tensor names JDLL looks up, the declared TF."""
     root: Path
     info: object
     input_key: str
@@ -106,14 +107,14 @@ def _open_bundle(path: Path) -> Iterator[Path]:
         yield path
 
 
-def _read(path: Path) -> _Bundle:
+def read_engine_bundle(path: Path) -> EngineBundle:
     from export.bundle_info import read_bundle
 
     info = read_bundle(path)
     doc = info.doc
     inp, out = doc["inputs"][0], doc["outputs"][0]
     tfw = (doc.get("weights") or {}).get("tensorflow_saved_model_bundle") or {}
-    return _Bundle(
+    return EngineBundle(
         root=info.root, info=info,
         # format 0.4 names tensors with "name" (0.5 uses "id"); JDLL strips a ":0" suffix
         input_key=str(inp.get("name", inp.get("id", "input"))).split(":")[0],
@@ -153,7 +154,7 @@ def check_engines(bundle_path: Union[str, Path], engines: Optional[Sequence[Unio
     selected = _resolve(engines)
     results: list[EngineResult] = []
     with _open_bundle(Path(bundle_path)) as root:
-        bundle = _read(root)
+        bundle = read_engine_bundle(root)
         from export import jdll
         info = bundle.info
         raw = np.load(info.test_input)
@@ -195,7 +196,7 @@ def check_engines(bundle_path: Union[str, Path], engines: Optional[Sequence[Unio
     return results
 
 
-def _check_one(engine: Engine, bundle: _Bundle, x_path: Path, expected: np.ndarray, tmp: Path,
+def _check_one(engine: Engine, bundle: EngineBundle, x_path: Path, expected: np.ndarray, tmp: Path,
                cache_dir: Optional[Path], rebuild: bool, timeout: int, post, mode: str = "whole",
                note: str = "") -> list[EngineResult]:
     """Run one job in ``engine``'s environment. ``mode`` "whole": ``x_path`` holds the whole
@@ -230,28 +231,12 @@ def _check_one(engine: Engine, bundle: _Bundle, x_path: Path, expected: np.ndarr
     job = {"input_npy": str(x_path), "out_dir": str(work), "input_key": bundle.input_key,
            "output_key": bundle.output_key, "tf2_loader": mode == "whole", "per_sample": mode == "deepimagej"}
     job["savedmodel_zip" if engine.runtime == "tensorflow" else "onnx"] = str(Path(weights).resolve())
-    job_path, result_path = work / "job.json", work / "result.json"
-    job_path.write_text(json.dumps(job))
-    cmd = [str(env_dir / "bin" / "python"), str(engine.script), str(job_path), str(result_path)]
     log.info("engine %s: running %s (%s) in %s", engine.key, engine.script.name, mode, env_dir)
-    t0 = time.time()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=clean_env(), timeout=timeout,
-                              preexec_fn=die_with_parent,
-                              cwd=str(work))
-        stderr = proc.stderr
-        rc = proc.returncode
-    except subprocess.TimeoutExpired:
-        return [EngineResult(**base, loader="-", status="failed", env_seconds=env_s,
-                             seconds=round(time.time() - t0, 1),
-                             reason=f"engine process ran over {timeout} s")]
-    seconds = round(time.time() - t0, 2)
-    (work / "engine.log").write_text(proc.stdout + stderr)
-    log.debug("engine %s output:\n%s", engine.key, proc.stdout + stderr)
-    if rc != 0 or not result_path.exists():
-        return [EngineResult(**base, loader="-", status="failed", env_seconds=env_s, seconds=seconds,
-                             reason=f"engine process exited {rc}: {tail(stderr, 4)}")]
-    res = json.loads(result_path.read_text())
+        res, seconds = run_engine_job(engine, env_dir, job, work, timeout)
+    except EngineJobFailed as exc:
+        return [EngineResult(**base, loader="-", status="failed", env_seconds=env_s, seconds=exc.seconds,
+                             reason=exc.reason)]
     notes = [note] if note else []
     if engine.runtime == "tensorflow":
         declared = bundle.tensorflow_version
@@ -291,6 +276,34 @@ def _check_one(engine: Engine, bundle: _Bundle, x_path: Path, expected: np.ndarr
         row.reason = "; ".join(reasons)
         rows.append(row)
     return rows
+
+
+class EngineJobFailed(Exception):
+    """The engine process timed out, crashed or wrote no result."""
+
+    def __init__(self, reason: str, seconds: float):
+        super().__init__(reason)
+        self.reason, self.seconds = reason, seconds
+
+
+def run_engine_job(engine: Engine, env_dir: Path, job: dict, work: Path, timeout: int = 1800) -> tuple[dict, float]:
+    """Run one job file through ``engine``'s script in its environment (``engine_scripts/``: the job
+    and result formats are documented there). Returns (result, wall seconds of the process)."""
+    job_path, result_path = work / "job.json", work / "result.json"
+    job_path.write_text(json.dumps(job))
+    cmd = [str(env_dir / "bin" / "python"), str(engine.script), str(job_path), str(result_path)]
+    t0 = time.time()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=clean_env(), timeout=timeout,
+                              preexec_fn=die_with_parent, cwd=str(work))
+    except subprocess.TimeoutExpired:
+        raise EngineJobFailed(f"engine process ran over {timeout} s", round(time.time() - t0, 1)) from None
+    seconds = round(time.time() - t0, 2)
+    (work / "engine.log").write_text(proc.stdout + proc.stderr)
+    log.debug("engine %s output:\n%s", engine.key, proc.stdout + proc.stderr)
+    if proc.returncode != 0 or not result_path.exists():
+        raise EngineJobFailed(f"engine process exited {proc.returncode}: {tail(proc.stderr, 4)}", seconds)
+    return json.loads(result_path.read_text()), seconds
 
 
 def _r(v: Optional[float]) -> Optional[float]:

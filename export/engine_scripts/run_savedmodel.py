@@ -5,12 +5,15 @@ it is plain Python 3.7 and imports nothing from the w2sr project. The host proce
 (``export.engines``) hands it a job file (JSON) and reads back a result file (JSON):
 
 job:    {"savedmodel_zip", "input_npy" (already preprocessed, float32 (B,H,W,1)), "out_dir",
-         "input_key", "output_key", "tf2_loader": bool, "per_sample": bool}
+         "input_key", "output_key", "tf2_loader": bool, "per_sample": bool, optional "repeats"
+         (default 1) and "profile": bool (v1_session only)}
 result: {"runtime": "tensorflow", "version", "python", "unzipped": [names at the zip root],
          "peak_rss_mb", "loaders": {"v1_session": {...}, "tf2_load": {...}}}
 "per_sample": run the batch one sample at a time (DeepImageJ's tiles: one tile per call), so the
 process's peak memory is that of one tile.
-each loader entry: {"loaded": bool, "ran": bool, "output_npy", "shape", "load_s", "run_s", "error"}
+each loader entry: {"loaded": bool, "ran": bool, "output_npy", "shape", "load_s", "run_s", "error"},
+"run_times_s" (each run; "run_s" is the first) and, with "profile", "profile_s": seconds per run by
+op type from one more run traced with RunOptions.FULL_TRACE (summed over ops that may overlap).
 
 Loader "v1_session" is what JDLL's TF1 and TF2 Java engines do (SavedModelBundle.load): a
 session, tag "serve", signature "serving_default", tensors looked up by the signature keys.
@@ -45,7 +48,27 @@ def run_batch(call, x, per_sample):
     return np.concatenate([np.asarray(call(x[i:i + 1])) for i in range(len(x))])
 
 
-def run_v1_session(tf, model_dir, x, input_key, output_key, per_sample=False):
+def traced_op_seconds(v1, sess, graph, fetch, feed):
+    """One traced run: seconds by op type (from the step stats' timeline labels, "name = Op(...)")."""
+    opts = v1.RunOptions(trace_level=v1.RunOptions.FULL_TRACE)
+    meta = v1.RunMetadata()
+    sess.run(fetch, feed_dict=feed, options=opts, run_metadata=meta)
+    totals = {}
+    for dev in meta.step_stats.dev_stats:
+        for ns in dev.node_stats:
+            label = ns.timeline_label
+            if " = " in label:
+                op = label.split(" = ", 1)[1].split("(", 1)[0]
+            else:
+                try:
+                    op = graph.get_operation_by_name(ns.node_name.split(":")[0]).type
+                except (KeyError, ValueError):
+                    op = ns.node_name.split(":")[0]
+            totals[op] = totals.get(op, 0.0) + ns.all_end_rel_micros / 1e6
+    return totals
+
+
+def run_v1_session(tf, model_dir, x, input_key, output_key, per_sample=False, repeats=1, profile=False):
     v1 = tf.compat.v1
     entry = {"loaded": False, "ran": False}
     graph = v1.Graph()
@@ -72,10 +95,15 @@ def run_v1_session(tf, model_dir, x, input_key, output_key, per_sample=False):
         in_name = sig.inputs[input_key].name
         out_name = sig.outputs[output_key].name
         entry["tensors"] = {"input": in_name, "output": out_name}
-        t0 = time.time()
-        y = run_batch(lambda b: sess.run(out_name, feed_dict={in_name: b}), x, per_sample)
-        entry["run_s"] = time.time() - t0
+        times = []
+        for _ in range(max(1, int(repeats))):
+            t0 = time.time()
+            y = run_batch(lambda b: sess.run(out_name, feed_dict={in_name: b}), x, per_sample)
+            times.append(time.time() - t0)
+        entry["run_s"], entry["run_times_s"] = times[0], times
         entry["ran"] = True
+        if profile:
+            entry["profile_s"] = traced_op_seconds(v1, sess, graph, out_name, {in_name: x[:1]})
         return entry, np.asarray(y, dtype=np.float32)
     except Exception as exc:  # noqa: BLE001
         entry["error"] = "run failed: " + short_error(exc)
@@ -126,7 +154,8 @@ def main(job_path, result_path):
         model_dir = os.path.join(workdir, "model")
         os.makedirs(model_dir)
         result["unzipped"] = unzip_like_deepimagej(job["savedmodel_zip"], model_dir)
-        loaders = [("v1_session", run_v1_session)]
+        loaders = [("v1_session", lambda *a: run_v1_session(*a, repeats=job.get("repeats", 1),
+                                                             profile=job.get("profile", False)))]
         if job.get("tf2_loader") and int(tf.__version__.split(".")[0]) >= 2:
             loaders.append(("tf2_load", run_tf2_load))
         for name, fn in loaders:
