@@ -332,3 +332,26 @@ def test_cli_help_names_the_engines(capsys):
     text = capsys.readouterr().out
     for word in ("tf1.15,tf2.7,tf2.10,ort1.13", "--cache", "--rebuild", "1.5e-4", "SKIPPED", "serving_default"):
         assert word in text, word
+
+
+@pytest.mark.parametrize("key", ["tf1.15", "ort1.13"])
+def test_an_engine_job_times_each_call_and_profiles_by_operator(bundle, tmp_path, key):
+    """What bench_deepimagej reads: every call's seconds, and seconds by operator type that add up
+    to about one call (ORT's own profiler; TF's traced run)."""
+    from export.engines import read_engine_bundle, run_engine_job
+
+    env = _env_or_skip(key)
+    engine, b = ENGINES[key], read_engine_bundle(bundle)
+    x = b.info.normalization.input(np.load(b.info.test_input)[0, :, :, 0])[None, :, :, None]
+    np.save(tmp_path / "x.npy", x)
+    job = {"input_npy": str(tmp_path / "x.npy"), "out_dir": str(tmp_path), "per_sample": True, "repeats": 3,
+           "profile": True, "input_key": b.input_key, "output_key": b.output_key, "tf2_loader": False,
+           "threads": None}
+    job["savedmodel_zip" if engine.runtime == "tensorflow" else "onnx"] = str(
+        (b.info.savedmodel_zip if engine.runtime == "tensorflow" else b.info.onnx_path).resolve())
+    res, _ = run_engine_job(engine, env, job, tmp_path)
+    entry = next(iter(res["loaders"].values()))
+    assert entry["ran"] and len(entry["run_times_s"]) == 3 and entry["run_s"] == entry["run_times_s"][0]
+    prof = entry["profile_s"]
+    conv = "Conv" if engine.runtime == "onnxruntime" else next(op for op in prof if "Conv2D" in op)
+    assert prof[conv] > 0 and sum(prof.values()) < 20 * max(entry["run_times_s"])
