@@ -55,6 +55,8 @@ def traced_op_seconds(v1, sess, graph, fetch, feed):
     sess.run(fetch, feed_dict=feed, options=opts, run_metadata=meta)
     totals = {}
     for dev in meta.step_stats.dev_stats:
+        if dev.device.startswith("/host:"):  # the host tracer's copy of the same ops
+            continue
         for ns in dev.node_stats:
             label = ns.timeline_label
             if " = " in label:
