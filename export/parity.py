@@ -62,7 +62,7 @@ class Deviation:
 
     @classmethod
     def of(cls, a: np.ndarray, reference: np.ndarray) -> "Deviation":
-        from training.metrics import psnr
+        from w2sr.core.metrics import psnr
 
         d, _, n_bad = zoo_close(a, reference)
         a2, r2 = np.squeeze(a), np.squeeze(reference)

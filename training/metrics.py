@@ -15,35 +15,10 @@ Why these definitions:
 from __future__ import annotations
 
 import numpy as np
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from skimage.metrics import structural_similarity
 
+from w2sr.core.metrics import as_2d as _as_2d, psnr, target_range  # noqa: F401 - re-exported
 from w2sr.core.normalization import Normalization
-
-
-def _as_2d(image: np.ndarray, what: str) -> np.ndarray:
-    a = np.asarray(image, dtype=np.float64)
-    a = np.squeeze(a)
-    if a.ndim != 2:
-        raise ValueError(f"{what} must be a single 2-D image, got shape {np.shape(image)}")
-    return a
-
-
-def target_range(target: np.ndarray) -> float:
-    """The data range used for PSNR/SSIM: max - min of the target (SIM) image."""
-    t = np.asarray(target, dtype=np.float64)
-    rng = float(t.max() - t.min())
-    if not np.isfinite(rng) or rng <= 0:
-        raise ValueError("target image is constant or not finite: PSNR/SSIM undefined")
-    return rng
-
-
-def psnr(prediction: np.ndarray, target: np.ndarray, data_range: float | None = None) -> float:
-    """10 log10(data_range^2 / MSE) in dB; data_range defaults to the target's range."""
-    p, t = _as_2d(prediction, "prediction"), _as_2d(target, "target")
-    if p.shape != t.shape:
-        raise ValueError(f"prediction {p.shape} and target {t.shape} differ in shape")
-    dr = target_range(t) if data_range is None else float(data_range)
-    return float(peak_signal_noise_ratio(t, p, data_range=dr))
 
 
 def ssim(prediction: np.ndarray, target: np.ndarray, data_range: float | None = None) -> float:

@@ -88,3 +88,17 @@ def test_bicubic_baseline_goes_through_the_normalisation():
     lo, hi = np.sort(lr.ravel())[[int(64 * 0.01), int(64 * 0.998)]]
     np.testing.assert_allclose(metrics.bicubic_baseline(lr, Normalization()),
                                metrics.bicubic_upscale((lr - lo) / (hi - lo + 1e-6)), rtol=1e-5, atol=1e-5)
+
+
+def test_the_one_psnr_equals_scikit_image_and_is_what_training_uses():
+    from skimage.metrics import peak_signal_noise_ratio
+
+    from training import metrics
+    from w2sr.core import metrics as core
+
+    rng = np.random.default_rng(5)
+    target = rng.uniform(0, 3, (40, 30))
+    pred = target + rng.normal(0, 0.05, target.shape)
+    assert metrics.psnr is core.psnr
+    assert core.psnr(pred, target) == pytest.approx(peak_signal_noise_ratio(target, pred, data_range=np.ptp(target)))
+    assert core.psnr(target, target) == float("inf")

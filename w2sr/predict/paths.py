@@ -200,12 +200,14 @@ class GuardResult:
 def guard_scores(got: np.ndarray, want: np.ndarray) -> GuardResult:
     """Whole-image PSNR and the lowest PSNR of any :data:`GUARD_BLOCK`-pixel block (same peak: the
     reference's range), so a small region damaged badly cannot hide in a large clean image."""
+    from w2sr.core.metrics import psnr_of_mse
+
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     peak = float(want.max() - want.min()) or 1.0
     err = (got - want) ** 2
 
     def db(mse: float) -> float:
-        return float("inf") if mse == 0 else float(10 * np.log10(peak ** 2 / mse))
+        return psnr_of_mse(mse, peak)
 
     h, w = err.shape
     b = min(GUARD_BLOCK, h, w)
