@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
 import numpy as np
 
@@ -81,12 +81,11 @@ def check_files(
     return out
 
 
-def check_headers(found: "Scan", files: list[tuple[int, int, Path, Path]]) -> None:
-    """Dimensionality, HR = 2x LR and raw frame counts, from file headers only (no pixels read)."""
-    from training.data.layouts import frames_for_level, peek
-
+def check_headers(found: "Scan", files: list[tuple[int, int, Path, Path]],
+                  peek: Callable[[Path, str], tuple[tuple, str]], need: int) -> None:
+    """Dimensionality, HR = 2x LR and raw frame counts, from file headers only (no pixels read):
+    ``peek(path, layout)`` gives (shape, kind) from a header; ``need``: raw frames the noise level needs."""
     problems: list[str] = []
-    need = frames_for_level(found.noise_level)[1]
     for _, _, lr_path, hr_path in files:
         try:
             lr_shape, lr_kind = peek(lr_path, found.layout)
@@ -130,20 +129,6 @@ def check_arrays(lr: np.ndarray, hr: np.ndarray, lr_path: Path, hr_path: Path) -
     if not problems:
         problems.extend(_size_problem(lr.shape, hr.shape, hr_path))
     return problems
-
-
-def check_pairs(
-    root: Path,
-    layout: str = "auto",
-    noise_level: int = 1,
-    channels: Optional[Iterable[int]] = None,
-    fovs: Optional[Iterable[int]] = None,
-    split: Optional[str] = None,
-) -> list["ImagePair"]:
-    """Run every check on a data folder and return the pairs (DataError naming the file otherwise)."""
-    from training.data.layouts import load_pairs
-
-    return load_pairs(root, layout, noise_level, channels, fovs, split)
 
 
 def summarize(pairs: list["ImagePair"]) -> str:

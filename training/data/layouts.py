@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from training.config import NOISE_LEVELS, W2S_RAW_MEAN, W2S_RAW_STD
+from training.data import checks
 from w2sr.core.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -311,13 +312,11 @@ def load_pairs(
     to one folder; otherwise both are searched. Every problem found is collected and raised as one
     DataError (the first few listed), before any training starts.
     """
-    from training.data import checks
-
     root = Path(root)
     layout = resolve_layout(root, layout)
     found = scan(root, layout, noise_level, split)
     files = checks.check_files(found, channels, fovs)
-    checks.check_headers(found, files)
+    checks.check_headers(found, files, peek, frames_for_level(noise_level)[1])
     pairs: list[ImagePair] = []
     problems: list[str] = []
     for fov, ch, lr_path, hr_path in tqdm(files, desc=f"load {layout} avg{noise_level}", unit="pair",
@@ -354,3 +353,9 @@ def load_split(data_cfg, which: str, progress: bool = True) -> list[ImagePair]:
         raise ValueError(f"unknown split {which!r}")
     return load_pairs(data_cfg.root, data_cfg.layout, data_cfg.noise_level, data_cfg.channels, fovs,
                       progress=progress, npy_as_counts=data_cfg.npy_as_counts)
+
+
+def check_pairs(root: Path, layout: str = "auto", noise_level: int = 1, channels: Optional[Iterable[int]] = None,
+                fovs: Optional[Iterable[int]] = None, split: Optional[str] = None) -> list[ImagePair]:
+    """Run every check on a data folder and return the pairs (``w2sr data check``)."""
+    return load_pairs(root, layout, noise_level, channels, fovs, split)

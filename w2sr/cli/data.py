@@ -130,7 +130,8 @@ def _simulate(args) -> int:
 
 
 def _check_data(args) -> int:
-    from training.data.checks import check_pairs, summarize
+    from training.data.checks import summarize
+    from training.data.layouts import check_pairs
     from training.data.layouts import resolve_layout
 
     layout = resolve_layout(args.root, args.layout)

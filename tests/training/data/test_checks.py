@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from training.config import SimulatorConfig
-from training.data.checks import check_pairs, format_ranges
+from training.data.checks import format_ranges
+from training.data.layouts import check_pairs
 from training.data.layouts import load_pairs
 from training.data.simulator import simulate_dataset
 from w2sr.cli import main
