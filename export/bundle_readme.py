@@ -26,8 +26,8 @@ def normalisation_text(inp: dict, out: dict) -> str:
   neighbouring values (numpy's `linear`): on the test image the two differ by less than the zoo
   tolerance (parity.md shows the measured difference).
 - An image whose two percentiles coincide (a constant image, or one that is constant on more than
-  {float(hi) - float(lo):g} % of its pixels) cannot be normalised: `w2sr predict` refuses it with a message; DeepImageJ
-  divides by 1e-6 and returns the network's answer to that input."""
+  {float(hi) - float(lo):g} % of its pixels) has no contrast to normalise: DeepImageJ divides by 1e-6 and returns the
+  network's answer to that input; `w2sr predict` does the same and warns, naming the plane."""
     post = out["postprocessing"][0]["kwargs"]
     kw = pre["kwargs"]
     return f"""- Preprocessing (`zero_mean_unit_variance`, fixed): `x' = (x - {kw['mean'][0]}) / ({kw['std'][0]} + 1e-6)`.
@@ -90,7 +90,7 @@ Keras {exported_with.get('keras')}, tf2onnx {exported_with.get('tf2onnx')}.
 | `parity.md`, `parity.json` | the validation below, as tables and as data |
 | `generator.keras` | the Keras generator (only in the bundle folder, not in the packages; not a weight format DeepImageJ reads) |
 | `packages/{name}_deepimagej.zip` | this folder zipped for DeepImageJ (install dialog, or unzip into `Fiji.app/models/{name}/`) |
-| `packages/{name}_zoo-0.5.zip` | **the file for the BioImage.IO model zoo** and bioimageio.core: format 0.5 package of the same weights. Not for DeepImageJ 3.1: JDLL 0.6.1 throws on the `documentation: {{source, sha256}}` that bioimageio.spec requires in 0.5, and reads the spec-correct output `scale: 0.5` as a multiplier (half-size output). Its processing (scalar `fixed_zero_mean_unit_variance`) and `id` are written the way JDLL reads them, so only those two remain |
+| `packages/{name}_zoo-0.5.zip` | **the file for the BioImage.IO model zoo** and bioimageio.core: format 0.5 package of the same weights. Not for DeepImageJ 3.1: JDLL 0.6.1 throws on the `documentation: {{source, sha256}}` that bioimageio.spec requires in 0.5, and reads the spec-correct output `scale: 0.5` as a multiplier (half-size output). Its processing (`scale_range` per sample; in fixed mode a scalar `fixed_zero_mean_unit_variance`) and `id` are written the way JDLL reads them, so only those two remain |
 
 ## Using it
 

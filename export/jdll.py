@@ -25,7 +25,8 @@ Provenance: every rule here was read in JDLL's source at tag ``dl-modelrunner-0.
 the docstrings). The tile formula, the mirror padding, the kwargs exception, the float copy and the
 hang were also observed by running JDLL 0.6.1, compiled from that source, on this project's bundle
 (``docs/deepimagej.md``, "Measured with JDLL's own code"); the one-pixel output shift for small
-images was read in the source only (``TileMaker.computePatchSpecs`` / ``getNthTileOutput``).
+images (``TileMaker.computePatchSpecs`` / ``getNthTileOutput``) and the refusal of sides below a third
+of the tile were also observed with the real DeepImageJ_Run plugin in December 2026.
 """
 from __future__ import annotations
 
