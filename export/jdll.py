@@ -110,6 +110,74 @@ class JdllModel:
 
 
 # --------------------------------------------------------------------------------------------
+# which weights JDLL runs (ModelWeight.build, BioimageIoModelJava.createBioimageioModel)
+
+#: the rdf's weight formats JDLL knows, and the identifier its keys start with (ModelWeight)
+WEIGHT_IDENTIFIERS = {"keras_hdf5": "keras_hdf5", "onnx": "onnx", "pytorch_state_dict": "pytorch_state_dict",
+                      "tensorflow_saved_model_bundle": "tensorflow_saved_model_bundle",
+                      "tensorflow_js": "tensorflow_js", "torchscript": "torchscript", "pytorch_script": "torchscript"}
+#: the version field each format's training version is read from (``OnnxWeights`` defaults to "17")
+VERSION_FIELDS = {"onnx": "opset_version", "tensorflow_saved_model_bundle": "tensorflow_version",
+                  "keras_hdf5": "tensorflow_version", "pytorch_state_dict": "pytorch_version",
+                  "torchscript": "pytorch_version", "pytorch_script": "pytorch_version",
+                  "tensorflow_js": "tensorflow_version"}
+
+
+def java_string_hash(text: str) -> int:
+    """``String.hashCode()``: s[0]*31^(n-1) + ... + s[n-1], in 32-bit two's complement."""
+    h = 0
+    for unit in text.encode("utf-16-be").hex(" ", 2).split():
+        h = (31 * h + int(unit, 16)) & 0xFFFFFFFF
+    return h - (1 << 32) if h & 0x80000000 else h
+
+
+def _training_version(value: Any, default: Optional[str]) -> Optional[str]:
+    """``WeightFormat.setTrainingVersion``: strings cut at "+", "cuda" or "cu"; numbers as Java prints
+    them (YAML's unquoted 2.10 is the Double 2.1)."""
+    if isinstance(value, str):
+        for cut in ("+", "cuda", "cu"):
+            if cut in value:
+                return value[: value.index(cut)].strip()
+        return value
+    if isinstance(value, bool) or value is None:
+        return default
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return default
+
+
+def weight_order(doc: dict) -> list[str]:
+    """The rdf's weight formats in the order JDLL 0.6.1 tries them: ``ModelWeight.build`` puts each
+    into a ``HashMap`` under ``<identifier>_v<training version>`` (rdf order), and
+    ``createBioimageioModel`` takes the first whose engine is installed, with no retry if it fails to
+    load. A HashMap of up to 12 entries has 16 buckets, index ``(h ^ (h >>> 16)) & 15``; iteration
+    goes by bucket, entries of one bucket in insertion order. So the order depends on the declared
+    versions, not on the order of ``weights`` in the rdf."""
+    keys: list[tuple[str, str]] = []
+    for fmt, entry in (doc.get("weights") or {}).items():
+        if fmt not in WEIGHT_IDENTIFIERS or entry is None:
+            continue
+        version = _training_version((entry or {}).get(VERSION_FIELDS[fmt]), "17" if fmt == "onnx" else None)
+        name = f"{WEIGHT_IDENTIFIERS[fmt]}_v"
+        if version is None:  # "Unknown0", "Unknown1", ... the first not yet taken
+            n = 0
+            while f"{name}Unknown{n}" in {k for k, _ in keys}:
+                n += 1
+            version = f"Unknown{n}"
+        key = name + version
+        if any(k == key for k, _ in keys):  # HashMap.put on an existing key: new value, same place
+            keys = [(k, fmt if k == key else f) for k, f in keys]
+        else:
+            keys.append((key, fmt))
+
+    def bucket(key: str) -> int:
+        h = java_string_hash(key) & 0xFFFFFFFF
+        return (h ^ (h >> 16)) & 15
+
+    return [fmt for _, fmt in sorted(keys, key=lambda kv: bucket(kv[0]))]  # stable: insertion order kept
+
+
+# --------------------------------------------------------------------------------------------
 # tiles (bioimageio/tiling/TileCalculator.java, TileMaker.java, TileGrid.java)
 
 

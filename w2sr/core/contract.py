@@ -19,6 +19,9 @@ OUTPUT_NAME = "output"
 ONNX_OPSET = 17
 #: the TensorFlow version the rdf declares for the SavedModel (DeepImageJ 2.1's engine)
 TENSORFLOW_VERSION = "1.15"
+#: the weights DeepImageJ 3.1 runs when the engines of both formats are installed: JDLL 0.6.1 tries the
+#: rdf's weights in a Java HashMap's order, which the declared versions decide (``export.jdll.weight_order``)
+DEEPIMAGEJ_FIRST_WEIGHTS = "tensorflow_saved_model_bundle"
 #: ``w2sr predict``'s default tile side (input px): the full model's peak memory for one tile stays under 4 GB
 DEFAULT_TILE = 512
 #: the part of each DeepImageJ tile that is kept (input px): the tile is this + 2 x halo, so a 512 x 512
