@@ -101,6 +101,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--demo", type=Path, default=ROOT / "bundle", help="a trained bundle (held-out accuracy)")
     ap.add_argument("--big", action="store_true", help="also one run of fp32 and auto at 2048^2")
+    ap.add_argument("--full-bundle", type=Path, default=None,
+                    help="the full generator's bundle (default: exported once and cached by benchmarks/workloads.py)")
     ap.add_argument("--quick-limits", action="store_true", help="one runtime and shape per limit (a smoke run)")
     ap.add_argument("--out", type=Path, help="write .md and .json here (path without suffix)")
     args = ap.parse_args(argv)
@@ -110,7 +112,7 @@ def main(argv=None) -> int:
     log.info("limits of this machine (each in a fresh process) ...")
     lim = result["limits"] = machine_limits.measure_limits("cpu", args.threads, quick=args.quick_limits,
                                                            progress=log.info)
-    bundle = workloads.full_bundle()
+    bundle = args.full_bundle or workloads.full_bundle()
     flops = workloads.graph_flops(bundle / "weights.onnx", 512, 512)
     result["tflop_per_512"] = {"exported_graph": round(flops / 1e12, 3),
                                "keras_model": round(workloads.keras_flops(bundle / "generator.keras", 512) / 1e12, 3)}
