@@ -34,8 +34,9 @@ import java.nio.file.Paths;
  *       standard error instead.</li>
  *   <li>{@code exit("message")} and IJ.error() messages go to standard error (recognised by the
  *       caller on the stack), and so do the stack traces ImageJ prints when a command throws.</li>
- *   <li>A watchdog closes the run if any modal dialog appears (a macro asking for input, a
- *       plugin dialog without options): its title and text go to standard error.</li>
+ *   <li>A watchdog closes the run if a modal dialog stays open for 2 s (a macro asking for input,
+ *       a plugin dialog without options): its title, text, class and the macro's stack go to
+ *       standard error.</li>
  * </ul>
  *
  * Exit codes: 0 success (also a plain {@code exit} without message); 1 macro error or uncaught
@@ -53,6 +54,8 @@ public class HeadlessMacroRunner {
 
     /** exit("...") message, if the macro called exit with a message. */
     static volatile String exitMessage;
+    /** The thread running the macro (its stack is printed when a dialog stops the run). */
+    static volatile Thread macroThread;
     /** Last IJ.error() message. */
     static volatile String ijErrorMessage;
 
@@ -117,6 +120,8 @@ public class HeadlessMacroRunner {
             sb.append(((Label) c).getText()).append(' ');
         else if (c instanceof TextComponent)
             sb.append(((TextComponent) c).getText()).append(' ');
+        else if (c instanceof java.awt.Button)
+            sb.append('[').append(((java.awt.Button) c).getLabel()).append("] ");
         else if (c instanceof javax.swing.JLabel)
             sb.append(((javax.swing.JLabel) c).getText()).append(' ');
         if (c instanceof Container)
@@ -125,24 +130,44 @@ public class HeadlessMacroRunner {
         return sb.toString();
     }
 
-    /** Ends the process as soon as a modal dialog is showing: nobody is there to answer it. */
+    /** How long a modal dialog must stay open before the run is ended: one that waits for a
+     *  person stays open forever, while ImageJ may show and close one by itself within a moment
+     *  (CI once stopped a run on a modal dialog titled null with no text, seen for under 200 ms). */
+    static final long DIALOG_GRACE_MS = 2000;
+
+    /** Ends the process when a modal dialog has been showing for DIALOG_GRACE_MS: nobody is there
+     *  to answer it. Its title, text, class and where the macro was go to standard error. */
     private static void startDialogWatchdog() {
         Thread t = new Thread(() -> {
+            java.util.Map<Window, Long> firstSeen = new java.util.IdentityHashMap<>();
             while (true) {
                 try {
                     Thread.sleep(200);
                 } catch (InterruptedException e) {
                     return;
                 }
-                for (Window w : Window.getWindows()) {
-                    if (w instanceof Dialog && w.isShowing() && ((Dialog) w).isModal()) {
-                        ERR.println("HeadlessMacroRunner: a dialog opened during an unattended run: '"
-                                + ((Dialog) w).getTitle() + "': " + dialogText(w).trim().replaceAll("\\s+", " "));
-                        ERR.println("HeadlessMacroRunner: pass the macro its arguments instead of answering dialogs.");
-                        ERR.flush();
-                        System.out.flush();
-                        Runtime.getRuntime().halt(DIALOG);
-                    }
+                long now = System.currentTimeMillis();
+                java.util.Set<Window> showing = java.util.Collections.newSetFromMap(new java.util.IdentityHashMap<>());
+                for (Window w : Window.getWindows())
+                    if (w instanceof Dialog && w.isShowing() && ((Dialog) w).isModal())
+                        showing.add(w);
+                firstSeen.keySet().retainAll(showing);
+                for (Window w : showing) {
+                    long since = firstSeen.computeIfAbsent(w, k -> now);
+                    if (now - since < DIALOG_GRACE_MS)
+                        continue;
+                    ERR.println("HeadlessMacroRunner: a dialog opened during an unattended run: '"
+                            + ((Dialog) w).getTitle() + "': " + dialogText(w).trim().replaceAll("\\s+", " "));
+                    ERR.println("HeadlessMacroRunner: pass the macro its arguments instead of answering dialogs.");
+                    ERR.println("HeadlessMacroRunner: the dialog is a " + w.getClass().getName()
+                            + "; the macro was at:");
+                    Thread m = macroThread;
+                    if (m != null)
+                        for (StackTraceElement e : m.getStackTrace())
+                            ERR.println("    at " + e);
+                    ERR.flush();
+                    System.out.flush();
+                    Runtime.getRuntime().halt(DIALOG);
                 }
             }
         }, "HeadlessMacroRunner-dialog-watchdog");
@@ -176,7 +201,7 @@ public class HeadlessMacroRunner {
         final Throwable[] failure = {null};
         final boolean[] cancelled = {false};
         // Same thread naming as ImageJ's own macro threads, so Macro.abort() stops this macro.
-        Thread macroThread = new Thread(() -> {
+        macroThread = new Thread(() -> {
             try {
                 interp.run(code, argument);
             } catch (RuntimeException e) {
