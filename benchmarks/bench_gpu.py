@@ -88,7 +88,8 @@ def run_mode(row, info, images: dict, references: dict, repeats: int) -> ModeRes
         return result
     try:
         rt = make_runtime(row.key, keras_path=info.keras_path or info.root / "generator.keras",
-                          savedmodel=info.savedmodel_zip, onnx_path=info.onnx_path, padding=info.padding)
+                          savedmodel=info.savedmodel_zip, onnx_path=info.onnx_path, padding=info.padding,
+                          scale=info.scale)
         for side, x in images.items():
             tf_gpu_peak_mib(reset=True)
             out = rt.predict(x)  # warm-up (graph build, cuDNN autotune)

@@ -10,7 +10,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from training.run_folder import TrainedModel
-from w2sr.core.contract import POST_MACRO, PRE_MACRO, SCALE, TEST_INPUT, TEST_OUTPUT, ZOO_TEST_INPUT, ZOO_TEST_OUTPUT
+from w2sr.core.contract import POST_MACRO, PRE_MACRO, TEST_INPUT, TEST_OUTPUT, ZOO_TEST_INPUT, ZOO_TEST_OUTPUT
 from w2sr.core.errors import UserError
 from w2sr.core.normalization import EPS, Normalization
 from w2sr.core.tiling import center_crop
@@ -53,7 +53,7 @@ def _synthetic_sample(size: int, mean: Optional[float], std: Optional[float], se
     return img.astype(np.float32)
 
 
-def sample_image(src: TrainedModel, sample: Optional[Path], size: int) -> tuple[np.ndarray, str]:
+def sample_image(src: "TrainedModel", sample: Optional[Path], size: int) -> tuple[np.ndarray, str]:
     """The image used for test tensors, cover and halo: given, else a test FOV of the run's data,
     else a simulated one (with the run's input statistics)."""
     if sample is not None:
@@ -80,8 +80,9 @@ def sample_image(src: TrainedModel, sample: Optional[Path], size: int) -> tuple[
     return _synthetic_sample(size, n.input_mean, n.input_std), "simulated (training.data.simulator)"
 
 
-def write_cover(path: Path, inp: np.ndarray, out: np.ndarray) -> None:
-    """input (nearest x2) | output, side by side, each with its own 0.5-99.5 % display range."""
+def write_cover(path: Path, inp: np.ndarray, out: np.ndarray, what: str = "2x SR + denoised") -> None:
+    """input (nearest, to the output's size) | output, side by side, each with its own 0.5-99.5 %
+    display range. 2D planes, or (H, W, C): the first channel of each."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,10 +92,12 @@ def write_cover(path: Path, inp: np.ndarray, out: np.ndarray) -> None:
         lo, hi = np.percentile(a, [0.5, 99.5])
         return np.clip((a - lo) / max(hi - lo, 1e-12), 0, 1)
 
-    up = np.repeat(np.repeat(inp, SCALE, 0), SCALE, 1)
+    inp, out = (a if a.ndim == 2 else a[..., 0] for a in (np.asarray(inp), np.asarray(out)))
+    k = max(1, out.shape[0] // inp.shape[0])
+    up = np.repeat(np.repeat(inp, k, 0), k, 1)
     fig, axes = plt.subplots(1, 2, figsize=(8, 4.3), dpi=100)
-    for ax, img, title in ((axes[0], up, f"input (widefield) {inp.shape[0]} x {inp.shape[1]}"),
-                           (axes[1], out, f"output (2x SR + denoised) {out.shape[0]} x {out.shape[1]}")):
+    for ax, img, title in ((axes[0], up, f"input {inp.shape[0]} x {inp.shape[1]}"),
+                           (axes[1], out, f"output ({what}) {out.shape[0]} x {out.shape[1]}")):
         ax.imshow(disp(img), cmap="magma", interpolation="nearest")
         ax.set_title(title, fontsize=10)
         ax.axis("off")
@@ -119,7 +122,8 @@ def zoo_test_side(maths: Normalization, side: int) -> int:
 
 
 def write_test_data(stage: Path, image: np.ndarray, size: int, maths: Normalization,
-                    predict: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+                    predict: Callable[[np.ndarray], np.ndarray],
+                    caption: str = "2x SR + denoised") -> tuple[np.ndarray, np.ndarray]:
     """Test tensors (raw input, output in output units) and the same as ImageJ TIFFs, from the central
     ``size`` x ``size`` window of ``image`` (DeepImageJ's tile: the collection's DeepImageJ check runs the
     sample input and compares with the test output); the cover and the zoo package's test tensors from a central
@@ -139,7 +143,7 @@ def write_test_data(stage: Path, image: np.ndarray, size: int, maths: Normalizat
     cover_out = maths.output(predict(maths.input(cover_in)[None, :, :, None]))[0, :, :, 0]
     np.save(stage / ZOO_TEST_INPUT, cover_in[None, :, :, None])
     np.save(stage / ZOO_TEST_OUTPUT, cover_out[None, :, :, None].astype(np.float32))
-    write_cover(stage / "cover.png", cover_in, cover_out)
+    write_cover(stage / "cover.png", cover_in, cover_out, caption)
     return raw, y
 
 
@@ -160,6 +164,10 @@ def write_macros(stage: Path, maths: Normalization) -> tuple[list[str], list[str
 def deepimagej_macros(norm: Normalization) -> tuple[str, str]:
     """ImageJ macros doing exactly the rdf's pre- and postprocessing (for DeepImageJ 2.1)."""
     head = "// {} of the w2sr model for DeepImageJ 2.1 (DeepImageJ 3 uses the rdf's own ops).\n"
+    none = "// none: {}\n"
+    if norm.mode == "none":
+        return (head.format("Preprocessing") + none.format("the network takes the raw values"),
+                head.format("Postprocessing") + none.format("outputs are the network's own"))
     if norm.percentile:
         lo, hi = _nine(norm.low_percentile), _nine(norm.high_percentile)
         pre = head.format("Preprocessing") + f"""// scale_range, per image: x -> (x - p{lo!r}) / (p{hi!r} - p{lo!r} + 1e-6), where pP is the sorted
@@ -183,6 +191,8 @@ if (bitDepth() != 32) run("32-bit");
 run("Subtract...", "value={_nine(norm.input_mean)!r} slice");
 run("Divide...", "value={_nine(float(norm.input_std) + EPS)!r} slice");
 """
+    if not norm.maps_output:
+        return pre, head.format("Postprocessing") + none.format("outputs are the network's own")
     post = head.format("Postprocessing") + f"""// scale_linear: y -> y * {_nine(norm.target_std)} + {_nine(norm.target_mean)} (network units -> SIM intensity units)
 if (bitDepth() != 32) run("32-bit");
 run("Multiply...", "value={_nine(norm.target_std)!r} slice");

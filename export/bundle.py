@@ -29,9 +29,9 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from training.run_folder import TrainedModel, open_trained
+from export.sources import ModelSource, training_source
 from w2sr.core.contract import DEEPIMAGEJ_SMALLEST_SIDE, GENERATOR, ONNX_OPSET, ONNX_WEIGHTS, SAVEDMODEL_ZIP, \
-    SCALE, TENSORFLOW_VERSION, deepimagej_tile
+    TENSORFLOW_VERSION, deepimagej_tile
 from w2sr.core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -153,10 +153,11 @@ def _manifest(root: Path) -> dict[str, str]:
     return files
 
 
-def export_bundle(source: str | Path, out: str | Path, options: Optional[ExportOptions] = None,
+def export_bundle(source: str | Path | ModelSource, out: str | Path, options: Optional[ExportOptions] = None,
                   **overrides: Any) -> Path:
-    """Build, validate and move into place a bundle for the run ``source`` (a run folder, or a .keras
-    file with ``config``); returns ``out``. ``overrides``: fields of :class:`ExportOptions`.
+    """Build, validate and move into place a bundle for ``source``: a training run (a run folder, or a
+    .keras file with ``config``) or a :class:`export.sources.ModelSource` (``w2sr bundle``: any Keras
+    model); returns ``out``. ``overrides``: fields of :class:`ExportOptions`.
 
     stage -> weights -> assets -> rdf -> validate -> document -> package -> into place."""
     unknown = set(overrides) - {f.name for f in fields(ExportOptions)}
@@ -169,18 +170,20 @@ def export_bundle(source: str | Path, out: str | Path, options: Optional[ExportO
     if opt.tile is not None and opt.tile < 16:
         raise UserError(f"--tile {opt.tile}: DeepImageJ's tile must be at least 16 px "
                         f"(default {DEEPIMAGEJ_SMALLEST_SIDE} + 2 x halo)")
-    src = open_trained(source, opt.config)
-    name = opt.name or src.cfg.name
-    fname = safe_name(name)  # a name without usable characters fails here, before any work
+    if opt.name is not None:
+        safe_name(opt.name)  # a name without usable characters fails here, before any work
+    src = source if isinstance(source, ModelSource) else training_source(source, opt.config)
+    name = opt.name or src.name
+    fname = safe_name(name)
     check_out(out, opt.force, name)
-    log.info("exporting %s (config %s) -> %s as '%s'", src.keras_path, src.config_path, out, name)
+    log.info("exporting %s (%s) -> %s as '%s'", src.keras_path, src.spec.describe(), out, name)
     with _staging(out) as stage:
         weights = _weights(src, stage, opt)
         attachments = _assets(src, stage, weights, opt)
         doc = _draft_rdf(src, stage, weights, attachments, name, opt)
         report = _validate(stage, out, opt)
-        _document(stage, doc, report, weights.halo, name, src.cfg.name, attachments)
-        _package(stage, doc, fname, opt.bioimageio)
+        _document(stage, doc, report, weights.halo, name, src.record.get("name", name), attachments)
+        _package(stage, doc, fname, opt.bioimageio, src.spec.scale)
         check_out(out, opt.force, name)  # again: the folder may have changed meanwhile
         _commit(stage, out)
     _log_sizes(out, fname, time.perf_counter() - t_start, weights.seconds)
@@ -232,35 +235,35 @@ class _Weights:
     tile: int             # DeepImageJ's tile (the rdf's fixed input side), = the test tensors' side
 
 
-def _weights(src: TrainedModel, stage: Path, opt: ExportOptions) -> _Weights:
-    """The generator checked and copied, the halo measured on it, then the SavedModel with that much
-    in-graph padding (grown until DeepImageJ's tiles and ours reproduce the whole image) and the ONNX."""
-    from export.assets import sample_image
+def _weights(src: ModelSource, stage: Path, opt: ExportOptions) -> _Weights:
+    """The model copied, the halo measured on it, then the SavedModel with that much in-graph padding
+    (grown until DeepImageJ's tiles and ours reproduce the whole image) and the ONNX."""
     from export.halo import HaloMeasurement, fit_padding, measure_halo, tiled_max_diff
     from export.onnx_export import export_onnx
     from export.runtimes import KerasRuntime
-    from export.savedmodel import check_generator
-    from training.models import load_generator
     from w2sr.core.tiling import center_crop
 
-    model = load_generator(src.keras_path)
-    check_generator(model, src.keras_path, scale=SCALE)
-    shutil.copy2(src.keras_path, stage / GENERATOR)
-    shutil.copy2(src.config_path, stage / "training_config.yaml")
-    maths = src.cfg.normalization.maths
+    model, scale = src.model, src.spec.scale
+    if src.resave:  # rebuilt with free sizes (export.keras_model.free_spatial_size)
+        model.save(stage / GENERATOR)
+    else:
+        shutil.copy2(src.keras_path, stage / GENERATOR)
+    for name, path in src.files.items():
+        shutil.copy2(path, stage / name)
+    maths = src.maths
     plain, post = KerasRuntime(model), maths.output
-    image, image_source = sample_image(src, Path(opt.sample) if opt.sample else None,
-                                       max(opt.tile or 0, opt.halo_image_size))
+    image, image_source = src.sample(Path(opt.sample) if opt.sample else None,
+                                     max(opt.tile or 0, opt.halo_image_size))
     log.info("sample image: %s, %dx%d", image_source, *image.shape)
     side = min(opt.halo_image_size, max(min(image.shape), 64))
     x = maths.input(center_crop(image, side, mirror=True))
     if opt.halo is None:
         log.info("measuring the halo on a %dx%d crop ...", *x.shape)
-        hm = measure_halo(plain.predict, x, post, max_halo=opt.max_halo)
+        hm = measure_halo(plain.predict, x, post, max_halo=opt.max_halo, scale=scale)
     else:  # given: checked, not searched
         ref = post(plain.predict(x[None, :, :, None])[0, :, :, 0])
         check_tile = min(2 * opt.halo + 64, *x.shape)
-        d, good = tiled_max_diff(plain.predict, x, ref, post, opt.halo, check_tile)
+        d, good = tiled_max_diff(plain.predict, x, ref, post, opt.halo, check_tile, scale)
         hm = HaloMeasurement(halo=opt.halo, max_diff=d, too_small=None, too_small_max_diff=None,
                              too_small_fails=None, tile=check_tile, image_shape=x.shape, converged=good)
     if not hm.converged:
@@ -270,33 +273,33 @@ def _weights(src: TrainedModel, stage: Path, opt: ExportOptions) -> _Weights:
              hm.too_small, hm.too_small_max_diff, hm.seconds)
     t0 = time.perf_counter()
     sm, hm = fit_padding(model, stage / SAVEDMODEL_ZIP, src.keras_path, hm, x, post,
-                         tile=opt.tile, fixed=opt.halo is not None)
+                         tile=opt.tile, fixed=opt.halo is not None, scale=scale)
     onnx_res = export_onnx(stage / SAVEDMODEL_ZIP, stage / ONNX_WEIGHTS)
     tile = opt.tile or deepimagej_tile(hm.halo)
     log.info("DeepImageJ tile %d px (halo %d)", tile, hm.halo)
     return _Weights(model, hm, sm, onnx_res, image, image_source, time.perf_counter() - t0, tile)
 
 
-def _assets(src: TrainedModel, stage: Path, weights: _Weights, opt: ExportOptions) -> list[str]:
+def _assets(src: ModelSource, stage: Path, weights: _Weights, opt: ExportOptions) -> list[str]:
     """Test tensors, samples, cover and macros; returns the attachments the rdf lists."""
     from export.assets import write_macros, write_test_data
     from export.runtimes import SavedModelRuntime
 
-    maths = src.cfg.normalization.maths
+    maths = src.maths
     runtime = SavedModelRuntime(stage / SAVEDMODEL_ZIP)
-    write_test_data(stage, weights.image, weights.tile, maths, runtime.predict)
+    write_test_data(stage, weights.image, weights.tile, maths, runtime.predict, src.cover_caption)
     deepimagej2, fiji = write_macros(stage, maths)
-    return [*deepimagej2, "training_config.yaml", "parity.md", "parity.json", *fiji]
+    return [*deepimagej2, *src.files, "parity.md", "parity.json", *fiji]
 
 
-def _draft_rdf(src: TrainedModel, stage: Path, weights: _Weights, attachments: list[str], name: str,
+def _draft_rdf(src: ModelSource, stage: Path, weights: _Weights, attachments: list[str], name: str,
                opt: ExportOptions) -> dict:
     """The rdf with everything but the README's validation section and the file list (placeholders
     stand in for the files written after validation, so the draft validates)."""
     from export.bundle_info import sha256_file
     from export.rdf import RdfParams, build_rdf, validate_rdf_format, write_rdf
 
-    cfg, hm = src.cfg, weights.halo
+    hm = weights.halo
     memory_peak = runtime_s = None
     if opt.measure:  # timing and memory of the SavedModel on the test image (fresh process)
         from export.runtimes import measure_in_subprocess
@@ -306,8 +309,8 @@ def _draft_rdf(src: TrainedModel, stage: Path, weights: _Weights, attachments: l
         memory_peak, runtime_s = f"{meas.peak_rss_mb:.1f} Mb", f"{meas.median_s:.2f} s"
     w2sr_block = {
         "exported_with": _versions(),
-        "run": {"name": cfg.name, "folder": src.run_dir.name, "generator": cfg.generator.model_dump(mode="json")},
-        "normalization": {k: v for k, v in cfg.normalization.model_dump().items() if v is not None},
+        "run": src.record,
+        "normalization": src.normalization_record,
         "halo": {k: v for k, v in asdict(hm).items() if k != "candidates"},
         "sample_image": weights.image_source,
         "savedmodel": {"ops": weights.savedmodel.ops, "n_weights": weights.savedmodel.n_weights,
@@ -317,11 +320,14 @@ def _draft_rdf(src: TrainedModel, stage: Path, weights: _Weights, attachments: l
     }
     padding = hm.halo  # the graph's own symmetric padding (w2sr.core.padding) = the rdf halo
     params = RdfParams(
-        name=name, model_id=safe_name(name).lower(), normalization=cfg.normalization.maths, halo=hm.halo, tile=weights.tile, padding=padding,
-        any_size_from=max(1, padding), savedmodel_sha256=sha256_file(stage / SAVEDMODEL_ZIP),
+        name=name, model_id=safe_name(name).lower(), normalization=src.maths, halo=hm.halo, tile=weights.tile,
+        padding=padding, any_size_from=max(1, padding), savedmodel_sha256=sha256_file(stage / SAVEDMODEL_ZIP),
         onnx_sha256=sha256_file(stage / ONNX_WEIGHTS), timestamp=_timestamp(src.keras_path),
-        authors=list(opt.authors) if opt.authors else [{"name": "w2sr contributors"}], license=opt.license,
-        memory_peak=memory_peak, runtime=runtime_s, attachments=attachments, w2sr=w2sr_block,
+        authors=list(opt.authors or src.authors or [{"name": "w2sr contributors"}]), license=opt.license,
+        memory_peak=memory_peak, runtime=runtime_s, attachments=attachments, w2sr=w2sr_block, scale=src.spec.scale,
+        **{k: v for k, v in (("description", src.description), ("tags", src.tags), ("cite", src.cite),
+                             ("input_description", src.input_description),
+                             ("output_text", src.output_description)) if v},
     )
     doc = build_rdf(params)
     for f in ("README.md", "parity.md", "parity.json"):
@@ -368,7 +374,7 @@ def _document(stage: Path, doc: dict, report, hm, name: str, run_name: str, atta
     validate_rdf_format(stage / "rdf.yaml")
 
 
-def _package(stage: Path, doc: dict, fname: str, bioimageio: bool) -> None:
+def _package(stage: Path, doc: dict, fname: str, bioimageio: bool, scale: int) -> None:
     """The DeepImageJ zip (checked as DeepImageJ reads it) and the zoo's format 0.5 package (tested)."""
     from export.rdf import make_zoo_package
     from export.savedmodel import deterministic_zip
@@ -382,7 +388,7 @@ def _package(stage: Path, doc: dict, fname: str, bioimageio: bool) -> None:
     if check["status"] != "passed":
         raise UserError(f"{dij}: {check['detail']}")
     zoo = make_zoo_package(stage / "rdf.yaml", pkg / f"{fname}_zoo-0.5.zip", model_id=doc.get("id"),
-                           min_side=int(doc["config"]["w2sr"]["network"]["any_size_from"]))
+                           min_side=int(doc["config"]["w2sr"]["network"]["any_size_from"]), scale=scale)
     if not bioimageio:
         return
     tests = run_bioimageio_test(zoo)

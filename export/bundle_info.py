@@ -114,7 +114,7 @@ def _output_affine(ops: list, rdf: Path) -> tuple[float, float]:
 
 def _normalization(pre_ops: list, post_ops: list, rdf: Path) -> Normalization:
     """The rdf's processing as a Normalization: ``scale_range`` (per sample) before the network and
-    nothing after it, or the fixed z-score before and an affine map after."""
+    nothing after it, or the fixed z-score before and an affine map (or nothing) after, or nothing."""
     names = [o.get("name") for o in pre_ops or []]
     if "scale_range" in names:
         kw = _kwargs(pre_ops, "scale_range", rdf)
@@ -124,7 +124,13 @@ def _normalization(pre_ops: list, post_ops: list, rdf: Path) -> Normalization:
             raise ValueError("postprocessing (none expected after scale_range)")
         return Normalization(mode="percentile", low_percentile=float(kw.get("min_percentile", 0.0)),
                              high_percentile=float(kw.get("max_percentile", 100.0)))
+    if not names:
+        if post_ops:
+            raise ValueError("postprocessing without preprocessing (not written by w2sr)")
+        return Normalization(mode="none")
     pre = _kwargs(pre_ops, "zero_mean_unit_variance", rdf)
+    if not post_ops:
+        return Normalization(mode="fixed", input_mean=_scalar(pre["mean"]), input_std=_scalar(pre["std"]))
     gain, offset = _output_affine(post_ops, rdf)
     return Normalization(mode="fixed", input_mean=_scalar(pre["mean"]), input_std=_scalar(pre["std"]),
                          target_mean=offset, target_std=gain)

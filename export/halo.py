@@ -38,7 +38,7 @@ class HaloMeasurement:
 
 
 def _crop_check(predict: Callable, x: np.ndarray, ref: np.ndarray, post: Callable, h: int, core: int,
-                n_pos: int = 3) -> tuple[float, bool]:
+                n_pos: int = 3, scale: int = SCALE) -> tuple[float, bool]:
     """Max diff between crops with ``h`` px of context and the whole-image output, at several places."""
 
     H, W = x.shape
@@ -52,23 +52,23 @@ def _crop_check(predict: Callable, x: np.ndarray, ref: np.ndarray, post: Callabl
     out = post(np.asarray(predict(np.stack(crops)[..., None]))[..., 0])
     worst, ok = 0.0, True
     for k, (y, x0) in enumerate(where):
-        got = out[k, SCALE * h: SCALE * (h + core), SCALE * h: SCALE * (h + core)]
-        want = ref[SCALE * y: SCALE * (y + core), SCALE * x0: SCALE * (x0 + core)]
+        got = out[k, scale * h: scale * (h + core), scale * h: scale * (h + core)]
+        want = ref[scale * y: scale * (y + core), scale * x0: scale * (x0 + core)]
         d, good, _ = zoo_close(got, want)
         worst, ok = max(worst, d), ok and good
     return worst, ok
 
 
 def tiled_max_diff(predict: Callable, x: np.ndarray, ref: np.ndarray, post: Callable, halo: int,
-                   tile: int) -> tuple[float, bool]:
+                   tile: int, scale: int = SCALE) -> tuple[float, bool]:
     """predict_tiled (w2sr.core.tiling) with ``halo`` vs the whole-image output ``ref`` (postprocessed)."""
-    out = post(predict_tiled(predict, x, tile, halo, scale=SCALE))
+    out = post(predict_tiled(predict, x, tile, halo, scale=scale))
     d, ok, _ = zoo_close(out, ref)
     return d, ok
 
 
 def measure_halo(predict: Callable, x: np.ndarray, post: Callable, *, core: int = 16,
-                 confirm_core: int = 64, max_halo: Optional[int] = None) -> HaloMeasurement:
+                 confirm_core: int = 64, max_halo: Optional[int] = None, scale: int = SCALE) -> HaloMeasurement:
     """Smallest halo (input px) for which tiles reproduce the whole image within the zoo tolerance.
 
     ``x``: a normalised 2D image. Search on crops with ``core`` px kept and ``h`` px of context
@@ -87,7 +87,7 @@ def measure_halo(predict: Callable, x: np.ndarray, post: Callable, *, core: int 
 
     def ok(h: int) -> bool:
         if h not in tried:
-            tried[h] = _crop_check(predict, x, ref, post, h, core)
+            tried[h] = _crop_check(predict, x, ref, post, h, core, scale=scale)
             log.debug("halo %d: max diff %.3g %s", h, *tried[h])
         return tried[h][1]
 
@@ -117,13 +117,13 @@ def measure_halo(predict: Callable, x: np.ndarray, post: Callable, *, core: int 
     # other conv kernels; the error then stays put when the halo grows): try a few larger halos,
     # then give up and report instead of searching on.
     tile = min(2 * halo + confirm_core, min(H, W))
-    d, good = tiled_max_diff(predict, x, ref, post, halo, tile)
+    d, good = tiled_max_diff(predict, x, ref, post, halo, tile, scale)
     first_d, d2, h2 = d, d, halo
     if not good:
         for h2 in sorted({min(limit, v) for v in (halo + 2, -(-3 * halo // 2), 2 * halo)} - {halo}):
             log.info("halo %d passed on crops but not tiled (max diff %.3g); trying %d", halo, d, h2)
             t2 = min(2 * h2 + confirm_core, min(H, W))
-            d2, good2 = tiled_max_diff(predict, x, ref, post, h2, t2)
+            d2, good2 = tiled_max_diff(predict, x, ref, post, h2, t2, scale)
             if good2:
                 halo, tile, d, good = h2, t2, d2, True
                 break
@@ -137,7 +137,7 @@ def measure_halo(predict: Callable, x: np.ndarray, post: Callable, *, core: int 
         ok(too_small)  # cached when the search already tried it
         crop_d, crop_ok = tried[too_small]
         tiled_d, tiled_ok = tiled_max_diff(predict, x, ref, post, too_small,
-                                           min(2 * too_small + confirm_core, min(H, W)))
+                                           min(2 * too_small + confirm_core, min(H, W)), scale)
         too_d, too_fails = max(crop_d, tiled_d), not (crop_ok and tiled_ok)
     return HaloMeasurement(halo=halo, max_diff=d, too_small=too_small, too_small_max_diff=too_d,
                            too_small_fails=too_fails, tile=tile, image_shape=(H, W),
@@ -146,19 +146,20 @@ def measure_halo(predict: Callable, x: np.ndarray, post: Callable, *, core: int 
 
 
 def deepimagej_max_diff(predict: Callable, x: np.ndarray, ref: np.ndarray, post: Callable, halo: int,
-                        tile: int) -> tuple[float, bool]:
+                        tile: int, scale: int = SCALE) -> tuple[float, bool]:
     """DeepImageJ 3.1's tiling (``export.jdll``: tiles of ``tile`` px mirror-padded by ``halo``) of the
     normalised image ``x`` vs the whole-image output ``ref`` (postprocessed)."""
     from export import jdll
 
-    axis = jdll.JdllAxis(min=tile, step=0, halo=halo, scale=float(SCALE), out_halo=SCALE * halo)
+    axis = jdll.JdllAxis(min=tile, step=0, halo=halo, scale=float(scale), out_halo=scale * halo)
     model = jdll.JdllModel(axes="byxc", y=axis, x=axis, tiling=True, preprocessing=[], postprocessing=[])
     d, ok, _ = zoo_close(post(jdll.predict(model, predict, x)), ref)
     return d, ok
 
 
 def fit_padding(model: Any, zip_path: Path, source: Path, hm: HaloMeasurement, x: np.ndarray, post: Callable,
-                *, tile: Optional[int], fixed: bool = False, tries: int = 4) -> tuple[Any, HaloMeasurement]:
+                *, tile: Optional[int], fixed: bool = False, tries: int = 4,
+                scale: int = SCALE) -> tuple[Any, HaloMeasurement]:
     """Export the SavedModel with in-graph symmetric padding = halo, and make sure that halo holds.
 
     The halo measured on the generator (zeros beyond a tile, one sample image) is a lower bound:
@@ -179,11 +180,11 @@ def fit_padding(model: Any, zip_path: Path, source: Path, hm: HaloMeasurement, x
         dij_tile = tile or deepimagej_tile(h)
         if dij_tile <= 2 * h:
             raise UserError(f"--tile {tile} must exceed twice the halo ({2 * h} px)")
-        sm = export_savedmodel(model, zip_path, source=source, padding=h)
+        sm = export_savedmodel(model, zip_path, source=source, padding=h, scale=scale)
         rt = SavedModelRuntime(zip_path)
         ref = post(rt.predict(x[None, :, :, None])[0, :, :, 0])
-        d_dij, ok_dij = deepimagej_max_diff(rt.predict, x, ref, post, h, min(dij_tile, side))
-        d_tiled, ok_tiled = tiled_max_diff(rt.predict, x, ref, post, h, min(2 * h + 16, side))
+        d_dij, ok_dij = deepimagej_max_diff(rt.predict, x, ref, post, h, min(dij_tile, side), scale)
+        d_tiled, ok_tiled = tiled_max_diff(rt.predict, x, ref, post, h, min(2 * h + 16, side), scale)
         log.info("graph padding %d px: DeepImageJ tiling max diff %.3g (%s), w2sr tiling %.3g (%s)",
                  h, d_dij, "ok" if ok_dij else "FAIL", d_tiled, "ok" if ok_tiled else "FAIL")
         if ok_dij and ok_tiled:

@@ -175,7 +175,7 @@ def parity_matrix(info: Any, keras_path: Optional[Path]) -> tuple[list[ParityRow
         t0 = time.perf_counter()
         try:
             rt = make_runtime(r.key, keras_path=keras_path, savedmodel=info.savedmodel_zip, onnx_path=info.onnx_path,
-                              padding=info.padding)
+                              padding=info.padding, scale=info.scale)
             whole = post(rt.predict(x))
             tiled = post(predict_tiled(rt.predict, img, tile, info.halo, scale=info.scale,
                                        valid_size=info.valid_size_at_least))
@@ -235,7 +235,7 @@ def fast_mode_rows(info: Any, keras_path: Optional[Path], device: str = "gpu") -
         t0 = time.perf_counter()
         try:
             rt = make_runtime(r.key, keras_path=keras_path, savedmodel=info.savedmodel_zip, onnx_path=info.onnx_path,
-                              padding=info.padding)
+                              padding=info.padding, scale=info.scale)
             out = info.normalization.output(rt.predict(x))
         except Exception as exc:
             rows.append(FastModeRow(r.key, label, r.device, r.math, FAILED, reason=f"{type(exc).__name__}: {exc}"))
@@ -263,7 +263,7 @@ def size_checks(info: Any, keras_path: Optional[Path], sizes: Sequence[tuple[int
     onnx_rt = OnnxRuntime(info.onnx_path, providers=["CPUExecutionProvider"])
     sm_rt = SavedModelRuntime(info.savedmodel_zip)
     if keras_path is not None:
-        ref_rt: Any = KerasRuntime(keras_path, padding=info.padding)
+        ref_rt: Any = KerasRuntime(keras_path, padding=info.padding, scale=info.scale)
         ref_name = "keras"
     else:
         ref_rt, ref_name = sm_rt, "savedmodel"
@@ -290,7 +290,7 @@ def size_checks(info: Any, keras_path: Optional[Path], sizes: Sequence[tuple[int
             x = info.normalization.input(image)
             # reference: the whole image in one call, on the canvas the rdf requires (mirror-padded
             # to a valid size; with step 1 and a size >= min that is the image itself)
-            ref = post(predict_whole(ref_rt.predict, x, valid_size=info.valid_size_at_least))
+            ref = post(predict_whole(ref_rt.predict, x, valid_size=info.valid_size_at_least, scale=info.scale))
             runtimes = [("onnx", onnx_rt)] + ([("savedmodel", sm_rt)] if dtype in ("float32", "uint16") else [])
             for name, rt in runtimes:
                 out = post(predict_tiled(rt.predict, x, tile, info.halo, scale=info.scale,

@@ -92,6 +92,10 @@ class RdfParams:
     tensorflow_version: str = TENSORFLOW_VERSION
     onnx_opset: int = ONNX_OPSET
     scale: int = 2
+    cite: list = field(default_factory=lambda: list(CITATIONS))
+    input_description: str = ("raw widefield image (any intensity units the model was trained on), "
+                              "converted to float32 before the normalisation")
+    output_text: Optional[str] = None  # the output tensor's description (default: output_description)
 
 
 def _f(x: float) -> float:
@@ -125,6 +129,8 @@ def scale_range_kwargs(norm: Normalization) -> dict:
 
 
 def input_processing(norm: Normalization) -> list:
+    if norm.mode == "none":
+        return []
     if norm.percentile:
         return [{"name": "scale_range", "kwargs": scale_range_kwargs(norm)}]
     return [{"name": "zero_mean_unit_variance", "kwargs": zmuv_kwargs(norm.input_mean, norm.input_std)}]
@@ -137,7 +143,7 @@ def output_processing(norm: Normalization) -> list:
     bioimageio.core 0.11 cannot run a 0.4 scale_linear that has `axes`, so a scale_linear here
     cannot pass a plain `bioimageio test rdf.yaml`. DeepImageJ 3 (JDLL) implements
     zero_mean_unit_variance with mode fixed, as for the input."""
-    if norm.percentile:
+    if not norm.maps_output:
         return []
     return [{"name": "zero_mean_unit_variance", "kwargs": postprocessing_as_zmuv(norm.target_mean, norm.target_std)}]
 
@@ -146,12 +152,12 @@ def output_description(norm: Normalization, scale: int) -> str:
     return f"restored image at {scale}x the input sampling, in {norm.output_units}"
 
 
-def deepimagej_sizes_note(tile: int, halo: int) -> str:
+def deepimagej_sizes_note(tile: int, halo: int, scale: int = 2) -> str:
     """One sentence for the rdf description: the image sides DeepImageJ run directly does not handle
     exactly (``export.jdll.exposed_sides``); the bundle's Fiji macro handles them all."""
     from export.jdll import exposed_sides
 
-    shifted, refused_below = exposed_sides(tile, halo)
+    shifted, refused_below = exposed_sides(tile, halo, scale)
     odd = f", odd sides {min(shifted)}-{max(shifted)} px shift by 1 px" if shifted else ""
     return (f" DeepImageJ run directly (tile {tile}): sides < {refused_below} px refused{odd}; "
             f"fiji_macros/deepimagej_predict.ijm handles every size.")
@@ -170,9 +176,9 @@ def build_rdf(p: RdfParams) -> dict:
         "type": "model",
         "name": p.name,
         **({"id": p.model_id} if p.model_id else {}),
-        "description": p.description + deepimagej_sizes_note(p.tile, p.halo),
+        "description": p.description + deepimagej_sizes_note(p.tile, p.halo, s),
         "authors": p.authors,
-        "cite": CITATIONS,
+        "cite": p.cite,
         "license": p.license,
         "tags": p.tags,
         "documentation": "README.md",
@@ -181,8 +187,7 @@ def build_rdf(p: RdfParams) -> dict:
         "version": "0.1.0",
         "inputs": [{
             "name": INPUT_NAME,
-            "description": "raw widefield image (any intensity units the model was trained on), "
-                           "converted to float32 before the normalisation",
+            "description": p.input_description,
             "axes": "byxc",
             "data_type": "float32",
             "data_range": [float("-inf"), float("inf")],
@@ -195,7 +200,7 @@ def build_rdf(p: RdfParams) -> dict:
         }],
         "outputs": [{
             "name": OUTPUT_NAME,
-            "description": output_description(p.normalization, s),
+            "description": p.output_text or output_description(p.normalization, s),
             "axes": "byxc",
             "data_type": "float32",
             "data_range": [float("-inf"), float("inf")],
@@ -284,7 +289,7 @@ def validate_rdf_format(rdf_path: Path, format_version: str = "discover") -> Any
     return descr
 
 
-def zoo_axes(descr: Any, min_side: int) -> None:
+def zoo_axes(descr: Any, min_side: int, scale: int = 2) -> None:
     """The 0.5 package's spatial axes, chosen for bioimageio.core and JDLL (measured with core 0.11 and
     JDLL 0.6.1's code, December 2026; ``docs/consumers.md``):
 
@@ -312,7 +317,7 @@ def zoo_axes(descr: Any, min_side: int) -> None:
     for ax in inp.axes:
         if isinstance(ax, v0_5.SpaceInputAxis):
             ax.size = v0_5.ParameterizedSize(min=min_side, step=1)
-            ax.scale = 2.0 * SCALE_05_OUTPUT
+            ax.scale = float(scale) * SCALE_05_OUTPUT
     new = []
     for ax in out.axes:
         if isinstance(ax, (v0_5.SpaceOutputAxis, v0_5.SpaceOutputAxisWithHalo)):
@@ -359,7 +364,8 @@ def jdll_friendlier_05(descr: Any, model_id: Optional[str]) -> None:
         descr.documentation = None
 
 
-def make_zoo_package(rdf_path: Path, out_zip: Path, model_id: Optional[str] = None, min_side: int = 1) -> Path:
+def make_zoo_package(rdf_path: Path, out_zip: Path, model_id: Optional[str] = None, min_side: int = 1,
+                     scale: int = 2) -> Path:
     """Convert the 0.4.10 description to format 0.5 (bioimageio.spec's converter), adapt it to its
     consumers (:func:`zoo_axes`, :func:`jdll_friendlier_05`; ``min_side``: the smallest input side the
     weights take) and package it.
@@ -373,7 +379,7 @@ def make_zoo_package(rdf_path: Path, out_zip: Path, model_id: Optional[str] = No
     descr = validate_rdf_format(rdf_path, format_version="latest")
     if not isinstance(descr, v0_5.ModelDescr):
         raise UserError(f"{rdf_path}: conversion to format 0.5 gave {type(descr).__name__}")
-    zoo_axes(descr, min_side)
+    zoo_axes(descr, min_side, scale)
     jdll_friendlier_05(descr, model_id)
     # a new node (not an attribute edit), so that the serialiser sees the field as set
     descr.config.bioimageio = v0_5.BioimageioConfig(reproducibility_tolerance=[

@@ -128,7 +128,7 @@ class KerasRuntime:
     format = "keras"
 
     def __init__(self, path_or_model: Any, device: Optional[str] = None, padding: int = 0,
-                 math: str = STRICT_MATH):
+                 math: str = STRICT_MATH, scale: int = 2):
         from training.models import load_generator
 
         if isinstance(path_or_model, (str, Path)):
@@ -142,6 +142,7 @@ class KerasRuntime:
             self.model = mixed_precision_copy(self.model, math)
         self.device = device or "cpu"
         self.padding = int(padding)  # compare with the bundle's graph, which pads itself (w2sr.core.padding)
+        self.scale = int(scale)      # output / input side (the padding's crop)
         self._tf_device = "/GPU:0" if self.device == "gpu" else "/CPU:0"
         self.name = f"Keras ({self.device.upper()}, {self.math})"
         import tensorflow as tf
@@ -149,13 +150,14 @@ class KerasRuntime:
         # One graph for every input size. Calling a functional Keras model eagerly keeps every
         # layer's output alive until the call returns: ~24 GB for the full RRDBNet on 333 x 517.
         model = self.model
+        channels = int(model.inputs[0].shape[-1]) if getattr(model, "inputs", None) else 1
         self._fn = tf.function(lambda x: model(x, training=False), autograph=False,
-                               input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32)])
+                               input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32)])
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         from w2sr.core.padding import wrap_numpy
 
-        return wrap_numpy(self._predict_plain, self.padding)(_check_batch(x))
+        return wrap_numpy(self._predict_plain, self.padding, self.scale)(_check_batch(x))
 
     def _predict_plain(self, x: np.ndarray) -> np.ndarray:
         import tensorflow as tf
@@ -367,7 +369,8 @@ def fast_runtimes(device: str = "gpu") -> list[RuntimeRow]:
 
 
 def make_runtime(key: str, *, keras_path: Optional[Path] = None, savedmodel: Optional[Path] = None,
-                 onnx_path: Optional[Path] = None, threads: Optional[int] = None, padding: int = 0) -> Any:
+                 onnx_path: Optional[Path] = None, threads: Optional[int] = None, padding: int = 0,
+                 scale: int = 2) -> Any:
     """Build the runtime of a :class:`RuntimeRow` key, ``format-device[-math]`` (``padding``: the
     bundle graph's, for Keras). Without a math suffix the runtime is strict fp32."""
     fmt, device, *rest = key.split("-")
@@ -376,7 +379,7 @@ def make_runtime(key: str, *, keras_path: Optional[Path] = None, savedmodel: Opt
     if fmt == "keras":
         if keras_path is None:
             raise UserError("no Keras generator given")
-        return KerasRuntime(keras_path, device="gpu" if gpu else "cpu", padding=padding, math=math)
+        return KerasRuntime(keras_path, device="gpu" if gpu else "cpu", padding=padding, math=math, scale=scale)
     if fmt == "savedmodel":
         if savedmodel is None:
             raise UserError("no SavedModel given")

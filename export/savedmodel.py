@@ -49,10 +49,16 @@ ALLOWED_OPS: dict[str, frozenset[str]] = {
     # network
     "Conv2D": frozenset({"T", "strides", "use_cudnn_on_gpu", "padding", "explicit_paddings",
                          "data_format", "dilations"}),
+    "Conv2DBackpropInput": frozenset({"T", "strides", "use_cudnn_on_gpu", "padding", "explicit_paddings",
+                                      "data_format", "dilations"}),  # Conv2DTranspose
     "BiasAdd": frozenset({"T", "data_format"}),
     "LeakyRelu": frozenset({"T", "alpha"}),
     "Relu": frozenset({"T"}),
     "Sigmoid": frozenset({"T"}),
+    "Softmax": frozenset({"T"}),
+    "Tanh": frozenset({"T"}),
+    "MaxPool": frozenset({"T", "ksize", "strides", "padding", "data_format"}),
+    "AvgPool": frozenset({"T", "ksize", "strides", "padding", "data_format"}),
     "Add": frozenset({"T"}),
     "AddV2": frozenset({"T"}),
     "Sub": frozenset({"T"}),
@@ -142,7 +148,8 @@ def freeze_keras_model(model: Any, padding: int = 0, scale: int = 2) -> Any:
 
     from w2sr.core.padding import crop_tf, pad_tf
 
-    spec = tf.TensorSpec([None, None, None, 1], tf.float32, name=INPUT_NAME)
+    channels = int(model.inputs[0].shape[-1]) if getattr(model, "inputs", None) else 1
+    spec = tf.TensorSpec([None, None, None, channels], tf.float32, name=INPUT_NAME)
 
     @tf.function(input_signature=[spec], autograph=False)
     def forward(x):
@@ -217,6 +224,14 @@ def check_graph_ops(graph_def: Any, source: str | Path = "frozen graph") -> dict
     return dict(sorted(counts.items()))
 
 
+def check_old_engine_ops(model: Any, source: str | Path = "model", scale: int = 2) -> dict[str, int]:
+    """Freeze ``model`` as the export will and check its ops, before any other work: a model with an
+    op DeepImageJ's old TensorFlow cannot run is refused in one line naming the op."""
+    graph_def = freeze_keras_model(model, padding=0, scale=scale)
+    strip_default_attrs(graph_def)
+    return check_graph_ops(graph_def, source)
+
+
 def count_constant_values(graph_def: Any) -> int:
     """Number of float values stored in Const nodes (the weights, plus a few scalars)."""
     from tensorflow.core.framework import types_pb2
@@ -289,11 +304,11 @@ def deterministic_zip(folder: Path, zip_path: Path, *, exclude: Iterable[str] = 
 
 
 def export_savedmodel(model: Any, zip_path: str | Path, *, source: str | Path = "model",
-                      padding: int = 0) -> SavedModelExport:
+                      padding: int = 0, scale: int = 2) -> SavedModelExport:
     """Freeze ``model`` (with ``padding`` px of in-graph symmetric padding), check its ops, write the
     SavedModel and zip it to ``zip_path``."""
     zip_path = Path(zip_path)
-    graph_def = freeze_keras_model(model, padding=padding)
+    graph_def = freeze_keras_model(model, padding=padding, scale=scale)
     stripped = strip_default_attrs(graph_def)
     ops = check_graph_ops(graph_def, source)
     n_weights = count_constant_values(graph_def)

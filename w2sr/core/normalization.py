@@ -18,7 +18,10 @@ Two modes (``normalization.mode`` in the config):
   ``zero_mean_unit_variance`` with mean = -offset/gain, std = 1/gain - eps; see export/rdf.py), so
   outputs are in the training targets' (SIM) units.
 
-Both are ops DeepImageJ 3 (JDLL) implements.
+* ``none`` (``w2sr bundle`` of a model that takes raw values): the input is only cast to float32.
+  A ``fixed`` model without target statistics has no output map either (``maps_output``).
+
+All are ops DeepImageJ 3 (JDLL) implements.
 """
 from __future__ import annotations
 
@@ -50,7 +53,7 @@ def inverse_postprocess(image: np.ndarray, target_mean: float, target_std: float
 # --------------------------------------------------------------------------------------------
 # percentile mode
 
-MODES = ("percentile", "fixed")
+MODES = ("percentile", "fixed", "none")
 #: default low/high percentiles of the percentile mode (CSBDeep's and StarDist's defaults)
 DEFAULT_PERCENTILES = (1.0, 99.8)
 
@@ -168,11 +171,19 @@ class Normalization:
 
     @property
     def resolved(self) -> bool:
-        """Can it be applied? (fixed mode needs the statistics measured on the training images)"""
-        return self.percentile or None not in (self.input_mean, self.input_std, self.target_mean, self.target_std)
+        """Can it be applied? (fixed mode needs the input statistics measured on the training images;
+        without target statistics its output is left as the network gives it)"""
+        return self.mode != "fixed" or None not in (self.input_mean, self.input_std)
+
+    @property
+    def maps_output(self) -> bool:
+        """Is there an output map (fixed mode with target statistics)?"""
+        return self.mode == "fixed" and None not in (self.target_mean, self.target_std)
 
     @property
     def output_units(self) -> str:
+        if self.mode == "none" or (self.mode == "fixed" and not self.maps_output):
+            return "the network's own output units"
         if self.percentile:
             return (f"normalised units (each output as if scaled by its own {_ordinal(self.low_percentile)}/"
                     f"{_ordinal(self.high_percentile)} percentiles: about 0 = background, 1 = bright structures)")
@@ -183,6 +194,8 @@ class Normalization:
         ``strict`` (the default: training, evaluation, export checks) raises NormalizationError;
         ``strict=False`` (``w2sr predict`` only) returns DeepImageJ's map anyway, flagged
         :attr:`InputMap.degenerate`, so that the caller can warn."""
+        if self.mode == "none":
+            return InputMap(0.0, 1.0 - EPS, fixed=True)
         if not self.percentile:
             return InputMap(float(self.input_mean), float(self.input_std), fixed=True)
         return InputMap(*percentile_range(image, self.low_percentile, self.high_percentile, strict=strict))
@@ -193,7 +206,7 @@ class Normalization:
 
     def output(self, y: np.ndarray) -> np.ndarray:
         """Network output -> output units, float32."""
-        if self.percentile:
+        if not self.maps_output:
             return np.asarray(y, np.float32)
         return postprocess(y, self.target_mean, self.target_std)
 
