@@ -10,6 +10,8 @@ from w2sr.core.contract import RULE
 
 def normalisation_text(inp: dict, out: dict) -> str:
     """The README's account of the rdf's pre- and postprocessing."""
+    if not inp.get("preprocessing"):
+        return "- No normalisation: the network takes the image's values (as float32) and its output is kept as it is."
     pre = inp["preprocessing"][0]
     if pre["name"] == "scale_range":
         kw = pre["kwargs"]
@@ -28,8 +30,12 @@ def normalisation_text(inp: dict, out: dict) -> str:
 - An image whose two percentiles coincide (a constant image, or one that is constant on more than
   {float(hi) - float(lo):g} % of its pixels) has no contrast to normalise: DeepImageJ divides by 1e-6 and returns the
   network's answer to that input; `w2sr predict` does the same and warns, naming the plane."""
-    post = out["postprocessing"][0]["kwargs"]
     kw = pre["kwargs"]
+    if not out.get("postprocessing"):
+        return f"""- Preprocessing (`zero_mean_unit_variance`, fixed): `x' = (x - {kw['mean'][0]}) / ({kw['std'][0]} + 1e-6)`
+  (the statistics the model was trained with).
+- No postprocessing: the output is the network's own."""
+    post = out["postprocessing"][0]["kwargs"]
     return f"""- Preprocessing (`zero_mean_unit_variance`, fixed): `x' = (x - {kw['mean'][0]}) / ({kw['std'][0]} + 1e-6)`.
 - Postprocessing (`zero_mean_unit_variance`, fixed, i.e. an affine map back to SIM units): `y = (y' - {post['mean'][0]}) / ({post['std'][0]} + 1e-6)`.
 - The means and stds are written as one-element lists (`mean: [m]`): with `axes: xy` that is the
@@ -45,21 +51,23 @@ def render_readme(*, name: str, rdf: dict, validation_md: str, run_name: str, ex
     halo_out = out["halo"][1]
     network = rdf["config"]["w2sr"]["network"]
     macro_list = "\n".join(f"- `fiji_macros/{Path(x).name}`" for x in macros) or "- (none in this export)"
-    out_units = "normalised (0 ~ background, 1 ~ bright)" if "postprocessing" not in out else "SIM (target) intensities"
-    cites = "\n".join(f"- {c['text']} <{c['url']}>" for c in rdf["cite"])
+    scale = int(out["shape"]["scale"][1])
+    cites = "\n".join(f"- {c['text']} <{c.get('url') or 'https://doi.org/' + str(c.get('doi'))}>" for c in rdf["cite"])
+    origin = (f"Trained in run `{run_name}`; exported by `w2sr export`" if "generator" in (rdf["config"]["w2sr"].get("run") or {})
+              else f"Exported from `{(rdf['config']['w2sr'].get('run') or {}).get('keras_file', run_name)}` by `w2sr bundle`")
     return f"""# {name}
 
 {rdf['description']}
 
-Trained in run `{run_name}`; exported by `w2sr export` with TensorFlow {exported_with.get('tensorflow')},
+{origin} with TensorFlow {exported_with.get('tensorflow')},
 Keras {exported_with.get('keras')}, tf2onnx {exported_with.get('tf2onnx')}.
 
 ## Input and output
 
 | | tensor | axes | size | units |
 |---|---|---|---|---|
-| input | `input` | b, y, x, c (c = 1) | rdf: {tile} x {tile} (DeepImageJ's tile); the weights take any side >= {network['any_size_from']} px | raw widefield intensities |
-| output | `output` | b, y, x, c (c = 1) | 2 x the input | {out_units} |
+| input | `input` | b, y, x, c (c = 1) | rdf: {tile} x {tile} (DeepImageJ's tile); the weights take any side >= {network['any_size_from']} px | {inp['description']} |
+| output | `output` | b, y, x, c (c = 1) | {scale} x the input | {out['description']} |
 
 {normalisation_text(inp, out)}
 - Halo: {halo_info.get('halo')} input pixels ({halo_out} output pixels). Measured on the generator:
@@ -78,7 +86,7 @@ Keras {exported_with.get('keras')}, tf2onnx {exported_with.get('tf2onnx')}.
 
 | file | what |
 |---|---|
-| `rdf.yaml` | **the file for DeepImageJ**: BioImage.IO description, format 0.4.10 (what DeepImageJ 3.1 / JDLL 0.6.1 reads, sizes and tiles correctly for a 2x model); also passes `bioimageio test` |
+| `rdf.yaml` | **the file for DeepImageJ**: BioImage.IO description, format 0.4.10 (what DeepImageJ 3.1 / JDLL 0.6.1 reads, sizes and tiles correctly for a {scale}x model); also passes `bioimageio test` |
 | `tf_saved_model.zip` | frozen-graph TensorFlow SavedModel (`saved_model.pb` + `variables/` at the zip root), tag `serve`, signature `serving_default`, `input` -> `output`; declared `tensorflow_version: 1.15` (runs in TF 1.15 and 2.x) |
 | `weights.onnx` | the same graph in ONNX, opset 17, input `input`, output `output`, dynamic batch/height/width |
 | `test_input.npy`, `test_output.npy` | float32 test tensors (axes byxc), raw input and postprocessed output |
@@ -86,9 +94,9 @@ Keras {exported_with.get('keras')}, tf2onnx {exported_with.get('tf2onnx')}.
 | `cover.png` | input (nearest-neighbour enlarged) next to the output |
 | `preprocessing.ijm`, `postprocessing.ijm` | the normalisation as ImageJ macros (used by DeepImageJ 2.1) |
 | `fiji_macros/` | Fiji macros for running the model |
-| `training_config.yaml` | the resolved training configuration |
+| `training_config.yaml` | the resolved training configuration (`w2sr export` only) |
 | `parity.md`, `parity.json` | the validation below, as tables and as data |
-| `generator.keras` | the Keras generator (only in the bundle folder, not in the packages; not a weight format DeepImageJ reads) |
+| `generator.keras` | the Keras model (only in the bundle folder, not in the packages; not a weight format DeepImageJ reads) |
 | `packages/{name}_deepimagej.zip` | this folder zipped for DeepImageJ (install dialog, or unzip into `Fiji.app/models/{name}/`) |
 | `packages/{name}_zoo-0.5.zip` | **the file for the BioImage.IO model zoo** and bioimageio.core: format 0.5 package of the same weights. Not for DeepImageJ 3.1: JDLL 0.6.1 throws on the `documentation: {{source, sha256}}` that bioimageio.spec requires in 0.5, and reads the spec-correct output `scale: 0.5` as a multiplier (half-size output). Its processing (`scale_range` per sample; in fixed mode a scalar `fixed_zero_mean_unit_variance`) and `id` are written the way JDLL reads them, so only those two remain |
 

@@ -62,6 +62,7 @@ ALLOWED_OPS: dict[str, frozenset[str]] = {
     "Add": frozenset({"T"}),
     "AddV2": frozenset({"T"}),
     "Sub": frozenset({"T"}),
+    "Neg": frozenset({"T"}),
     "Mul": frozenset({"T"}),
     "RealDiv": frozenset({"T"}),
     "Maximum": frozenset({"T"}),
@@ -217,10 +218,11 @@ def check_graph_ops(graph_def: Any, source: str | Path = "frozen graph") -> dict
     if bad_ops or bad_attrs:
         parts = []
         if bad_ops:
-            parts.append(f"ops not known to DeepImageJ's TensorFlow 1.15/2.7 runtimes: {sorted(bad_ops)}")
+            parts.append(f"ops outside the set checked to run in DeepImageJ's TensorFlow 1.15/2.7 engines: "
+                         f"{sorted(bad_ops)} (replace the layer that makes them)")
         if bad_attrs:
             parts.append(f"attributes those runtimes do not define: {sorted(bad_attrs)}")
-        raise UserError(f"{source}: " + "; ".join(parts) + f" (allowed ops: {sorted(ALLOWED_OPS)})")
+        raise UserError(f"{source}: " + "; ".join(parts) + f"; checked ops: {', '.join(sorted(ALLOWED_OPS))}")
     return dict(sorted(counts.items()))
 
 

@@ -39,6 +39,7 @@ class ModelSource:
     tags: Optional[list] = None
     cite: Optional[list] = None
     authors: Optional[list] = None
+    license: Optional[str] = None
     input_description: Optional[str] = None
     output_description: Optional[str] = None
     cover_caption: str = "2x SR + denoised"
@@ -183,7 +184,7 @@ def keras_source(path: str | Path, *, normalization: str = "percentile", percent
         cite=info.get("cite") or [{"text": "Exported with w2sr bundle (Keras -> DeepImageJ / BioImage.IO); "
                                            "cite the model's own publication here (--meta).",
                                    "url": "https://bioimage.io"}],
-        authors=info.get("authors"),
+        authors=info.get("authors"), license=info.get("license"),
         input_description=info.get("input_description") or (
             "raw image, converted to float32 before the normalisation" if maths.mode != "none"
             else "image in the units the model was trained on (float32; no normalisation)"),

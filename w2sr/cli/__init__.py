@@ -16,7 +16,7 @@ from w2sr.core.errors import UserError
 COMMAND_MODULES = (
     "w2sr.cli.data",      # simulate, check-data
     "w2sr.cli.train",     # train, evaluate
-    "w2sr.cli.export",    # export, validate
+    "w2sr.cli.export",    # export, bundle, validate
     "w2sr.cli.engines",   # check-engines
     "w2sr.cli.predict",   # predict
     "w2sr.cli.demo",      # demo

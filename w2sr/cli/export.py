@@ -31,6 +31,36 @@ def _author(text: str) -> dict:
     return {"name": name.strip(), **({"affiliation": affiliation.strip()} if affiliation.strip() else {})}
 
 
+def add_bundle_options(p) -> None:
+    """The options ``w2sr export`` and ``w2sr bundle`` share (one exporter behind both)."""
+    p.add_argument("--out", type=Path, default=Path("bundle"), metavar="DIR",
+                   help="bundle folder to write (default: bundle/)")
+    p.add_argument("--name", default=None,
+                   help="model name in the rdf and the package file names (default: the config's name / the file's)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing bundle of another model name (a bundle of the same name is "
+                        "updated anyway; a folder that is not a w2sr bundle is never replaced)")
+    p.add_argument("--sample", type=Path, default=None, metavar="IMAGE",
+                   help="2D image (tif/npy/png, raw units) for the test tensors, cover and halo measurement "
+                        "(default: a test FOV of the run's data, else a simulated image; w2sr bundle: a synthetic one)")
+    p.add_argument("--tile", type=int, default=None, metavar="PX",
+                   help="DeepImageJ's tile side in input px: the rdf fixes the input at PX x PX (step 0) so "
+                        "DeepImageJ 3.1 tiles every image and its memory stays that of one tile; also the "
+                        "size of the test tensors (default 512 + 2 x halo: a 512 x 512 image is one tile; run "
+                        "directly, DeepImageJ shifts odd sides below 512 by one pixel - the Fiji macro does not)")
+    p.add_argument("--halo", type=int, default=None, metavar="PX",
+                   help="use this halo (input px) instead of measuring it; still checked")
+    p.add_argument("--author", dest="authors", type=_author, action="append", default=None, metavar="'NAME;AFFIL'",
+                   help="model author (repeatable; default 'w2sr contributors')")
+    p.add_argument("--license", default=None, help="SPDX license id of the weights (default MIT)")
+    p.add_argument("--odd-size", dest="odd_sizes", type=_size, action="append", default=None, metavar="HxW",
+                   help="image size for the odd-size parity check (repeatable; default 333x517)")
+    p.add_argument("--engines", action="store_true",
+                   help="also run the bundle in DeepImageJ's old runtimes (w2sr check-engines; builds environments)")
+    p.add_argument("--quick", action="store_true",
+                   help="development only: skip 'bioimageio test' and the subprocess timing")
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "export",
@@ -62,35 +92,47 @@ def register(subparsers) -> None:
     )
     p.add_argument("run_dir", metavar="RUN_DIR", type=Path,
                    help="training run folder (generator.keras, config.yaml), or a .keras file (then give --config)")
-    p.add_argument("--out", type=Path, default=Path("bundle"), metavar="DIR",
-                   help="bundle folder to write (default: bundle/)")
     p.add_argument("--config", type=Path, default=None, metavar="YAML",
                    help="resolved training config with the normalisation (default: RUN_DIR/config.yaml)")
-    p.add_argument("--name", default=None,
-                   help="model name in the rdf and the package file names (default: the config's name)")
-    p.add_argument("--force", action="store_true",
-                   help="replace an existing bundle of another model name (a bundle of the same name is "
-                        "updated anyway; a folder that is not a w2sr bundle is never replaced)")
-    p.add_argument("--sample", type=Path, default=None, metavar="IMAGE",
-                   help="2D image (tif/npy/png, raw units) for the test tensors, cover and halo measurement "
-                        "(default: a test FOV of the run's data, else a simulated image)")
-    p.add_argument("--tile", type=int, default=None, metavar="PX",
-                   help="DeepImageJ's tile side in input px: the rdf fixes the input at PX x PX (step 0) so "
-                        "DeepImageJ 3.1 tiles every image and its memory stays that of one tile; also the "
-                        "size of the test tensors (default 512 + 2 x halo: a 512 x 512 image is one tile; run "
-                        "directly, DeepImageJ shifts odd sides below 512 by one pixel - the Fiji macro does not)")
-    p.add_argument("--halo", type=int, default=None, metavar="PX",
-                   help="use this halo (input px) instead of measuring it; still checked")
-    p.add_argument("--author", dest="authors", type=_author, action="append", default=None, metavar="'NAME;AFFIL'",
-                   help="model author (repeatable; default 'w2sr contributors')")
-    p.add_argument("--license", default="MIT", help="SPDX license id of the weights (default MIT)")
-    p.add_argument("--odd-size", dest="odd_sizes", type=_size, action="append", default=None, metavar="HxW",
-                   help="image size for the odd-size parity check (repeatable; default 333x517)")
-    p.add_argument("--engines", action="store_true",
-                   help="also run the bundle in DeepImageJ's old runtimes (w2sr check-engines; builds environments)")
-    p.add_argument("--quick", action="store_true",
-                   help="development only: skip 'bioimageio test' and the subprocess timing")
+    add_bundle_options(p)
     p.set_defaults(handler=_handle_export)
+
+    b = subparsers.add_parser(
+        "bundle",
+        help="turn ANY 2D image-to-image Keras model into a validated DeepImageJ / BioImage.IO bundle",
+        description=(
+            "Bundle your own Keras model (Keras 3 .keras, or tf.keras .h5) for DeepImageJ and the BioImage.IO\n"
+            "model zoo: the same exporter and the same gates as 'w2sr export' (bioimageio test, the parity\n"
+            "matrix, DeepImageJ 3.1's tiling reproduced on every pixel, odd sizes, --engines for DeepImageJ's\n"
+            "old runtimes). Detected from the model: channels, output scale (UpSampling2D, Conv2DTranspose,\n"
+            "depth_to_space ...), the size multiple a pooling network needs, a sigmoid/softmax output. A model\n"
+            "saved with a fixed input size is rebuilt with free sizes (same weights).\n"
+            "Refused in one line before any work: several inputs or outputs, not a 2D image model, an op\n"
+            "DeepImageJ's TensorFlow 1.15 cannot run. Supported today: 1 -> 1 channel, any input size, scale\n"
+            "1/2/3/4/8; multi-channel and pooling (U-Net) models are detected and refused as not yet supported."
+        ),
+        epilog=(
+            "Examples:\n"
+            "  w2sr bundle my_care.keras --out my_care_bundle/\n"
+            "  w2sr bundle sr_x4.keras --out sr_x4/ --sample cells.tif --meta about.yaml\n"
+            "  w2sr bundle probs.keras --out probs/ --normalization fixed --mean 103.5 --std 41.2\n"
+            "--meta YAML keys: name, description, authors [{name, affiliation}], cite [{text, url|doi}],\n"
+            "license, tags, input_description, output_description."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    b.add_argument("model", metavar="MODEL", type=Path, help="the Keras model file (.keras or .h5)")
+    b.add_argument("--normalization", choices=("percentile", "fixed", "none"), default="percentile",
+                   help="input normalisation the model was trained with: percentile (default: each image "
+                        "scaled by its own low/high percentiles), fixed (--mean/--std), none (raw values)")
+    b.add_argument("--percentiles", nargs=2, type=float, default=(1.0, 99.8), metavar=("LOW", "HIGH"),
+                   help="percentile mode's percentiles (default 1 99.8, CSBDeep's)")
+    b.add_argument("--mean", type=float, default=None, help="fixed mode: the training inputs' mean")
+    b.add_argument("--std", type=float, default=None, help="fixed mode: the training inputs' standard deviation")
+    b.add_argument("--meta", type=Path, default=None, metavar="YAML",
+                   help="name, description, authors, cite, license, tags for the rdf (see below)")
+    add_bundle_options(b)
+    b.set_defaults(handler=_handle_bundle)
 
     v = subparsers.add_parser(
         "validate",
@@ -129,7 +171,26 @@ def _handle_export(args) -> int:
 
     out = export_bundle(
         args.run_dir, args.out, config=args.config, name=args.name, force=args.force, sample=args.sample,
-        halo=args.halo, authors=args.authors, license=args.license,
+        halo=args.halo, authors=args.authors, license=args.license or "MIT",
+        **({"tile": args.tile} if args.tile else {}),
+        **({"odd_sizes": tuple(args.odd_sizes)} if args.odd_sizes else {}),
+        bioimageio=not args.quick, measure=not args.quick, engines=args.engines,
+    )
+    print(f"bundle written: {out}")
+    for pkg in sorted((out / "packages").glob("*.zip")):
+        print(f"  {pkg}  ({pkg.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def _handle_bundle(args) -> int:
+    from export.bundle import export_bundle
+    from export.sources import keras_source
+
+    source = keras_source(args.model, normalization=args.normalization, percentiles=tuple(args.percentiles),
+                          mean=args.mean, std=args.std, name=args.name, meta=args.meta)
+    out = export_bundle(
+        source, args.out, name=args.name, force=args.force, sample=args.sample, halo=args.halo,
+        authors=args.authors, license=args.license or source.license or "MIT",
         **({"tile": args.tile} if args.tile else {}),
         **({"odd_sizes": tuple(args.odd_sizes)} if args.odd_sizes else {}),
         bioimageio=not args.quick, measure=not args.quick, engines=args.engines,
