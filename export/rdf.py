@@ -248,7 +248,7 @@ def build_rdf(p: RdfParams) -> dict:
             "w2sr": {**p.w2sr, "network": {
                 "padding": p.padding, "padding_mode": "symmetric", "any_size_from": p.any_size_from,
                 # one "key: N" line each, read by fiji_macros/*.ijm (rdfNumber)
-                "deepimagej_tile": p.tile, "deepimagej_halo": p.halo,
+                "deepimagej_tile": p.tile, "deepimagej_halo": p.halo, "deepimagej_scale": s,
                 "note": "the graph pads its input symmetrically by `padding` px and crops the output, so "
                         "DeepImageJ's mirror-padded tiles and whole-image inference give the same pixels; "
                         "the weights run any input side >= any_size_from (the rdf fixes DeepImageJ's tile)"}},

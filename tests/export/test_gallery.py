@@ -127,7 +127,7 @@ def test_the_exporters_gates_passed(bundled):
     assert report["ok"] and not report["failures"]
     assert {r["status"] for r in report["bioimageio"]} == {"passed"}
     assert report["parity"] and all(r["status"] in ("passed", "skipped") for r in report["parity"])
-    assert any("DeepImageJ 3.1" in r["runtime"] and r["status"] == "passed" for r in report["parity"])
+    assert any("DeepImageJ 3.1" in r["label"] and r["status"] == "passed" for r in report["parity"])
     assert report["sizes"] and all(r["status"] == "passed" for r in report["sizes"])
     (zoo_test,) = (out / "packages").glob("*_zoo-0.5.test.json")
     assert {t["status"] for t in json.loads(zoo_test.read_text())} == {"passed"}
