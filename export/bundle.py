@@ -176,6 +176,12 @@ def export_bundle(source: str | Path | ModelSource, out: str | Path, options: Op
     name = opt.name or src.name
     fname = safe_name(name)
     check_out(out, opt.force, name)
+    if opt.tile is not None and opt.tile % src.spec.multiple:
+        raise UserError(f"--tile {opt.tile}: the model needs sides divisible by {src.spec.multiple} (pooling); "
+                        f"give a multiple of it")
+    if opt.halo is not None and opt.halo % src.spec.multiple:
+        raise UserError(f"--halo {opt.halo}: DeepImageJ's tiles keep the model's pooling grid only with a halo "
+                        f"divisible by {src.spec.multiple}")
     log.info("exporting %s (%s) -> %s as '%s'", src.keras_path, src.spec.describe(), out, name)
     with _staging(out) as stage:
         weights = _weights(src, stage, opt)
@@ -243,7 +249,7 @@ def _weights(src: ModelSource, stage: Path, opt: ExportOptions) -> _Weights:
     from export.runtimes import KerasRuntime
     from w2sr.core.tiling import center_crop
 
-    model, scale = src.model, src.spec.scale
+    model, scale, m = src.model, src.spec.scale, src.spec.multiple
     if src.resave:  # rebuilt with free sizes (export.keras_model.free_spatial_size)
         model.save(stage / GENERATOR)
     else:
@@ -251,19 +257,20 @@ def _weights(src: ModelSource, stage: Path, opt: ExportOptions) -> _Weights:
     for name, path in src.files.items():
         shutil.copy2(path, stage / name)
     maths = src.maths
-    plain, post = KerasRuntime(model), maths.output
+    plain, post = KerasRuntime(model, scale=scale, multiple=m), maths.output
     image, image_source = src.sample(Path(opt.sample) if opt.sample else None,
                                      max(opt.tile or 0, opt.halo_image_size))
     log.info("sample image: %s, %dx%d", image_source, *image.shape)
     side = min(opt.halo_image_size, max(min(image.shape), 64))
+    side -= side % m
     x = maths.input(center_crop(image, side, mirror=True))
     if opt.halo is None:
         log.info("measuring the halo on a %dx%d crop ...", *x.shape)
-        hm = measure_halo(plain.predict, x, post, max_halo=opt.max_halo, scale=scale)
+        hm = measure_halo(plain.predict, x, post, max_halo=opt.max_halo, scale=scale, multiple=m)
     else:  # given: checked, not searched
         ref = post(plain.predict(x[None, :, :, None])[0, :, :, 0])
         check_tile = min(2 * opt.halo + 64, *x.shape)
-        d, good = tiled_max_diff(plain.predict, x, ref, post, opt.halo, check_tile, scale)
+        d, good = tiled_max_diff(plain.predict, x, ref, post, opt.halo, check_tile, scale, m)
         hm = HaloMeasurement(halo=opt.halo, max_diff=d, too_small=None, too_small_max_diff=None,
                              too_small_fails=None, tile=check_tile, image_shape=x.shape, converged=good)
     if not hm.converged:
@@ -273,7 +280,7 @@ def _weights(src: ModelSource, stage: Path, opt: ExportOptions) -> _Weights:
              hm.too_small, hm.too_small_max_diff, hm.seconds)
     t0 = time.perf_counter()
     sm, hm = fit_padding(model, stage / SAVEDMODEL_ZIP, src.keras_path, hm, x, post,
-                         tile=opt.tile, fixed=opt.halo is not None, scale=scale)
+                         tile=opt.tile, fixed=opt.halo is not None, scale=scale, multiple=m)
     onnx_res = export_onnx(stage / SAVEDMODEL_ZIP, stage / ONNX_WEIGHTS)
     tile = opt.tile or deepimagej_tile(hm.halo)
     log.info("DeepImageJ tile %d px (halo %d)", tile, hm.halo)
@@ -328,6 +335,7 @@ def _draft_rdf(src: ModelSource, stage: Path, weights: _Weights, attachments: li
         **{k: v for k, v in (("description", src.description), ("tags", src.tags), ("cite", src.cite),
                              ("input_description", src.input_description),
                              ("output_text", src.output_description)) if v},
+        multiple=src.spec.multiple,
     )
     doc = build_rdf(params)
     for f in ("README.md", "parity.md", "parity.json"):

@@ -34,6 +34,7 @@ class BundleInfo:
     test_output: Path
     padding: int = 0                   # px of symmetric padding inside the exported graph (w2sr.core.padding)
     any_size_from: Optional[int] = None  # the weights accept every size >= this (config.w2sr.network)
+    multiple: int = 1    # the network's pooling grid (config.w2sr.network.size_multiple): tiles start on it
     weight_sha256: dict = field(default_factory=dict, hash=False)  # weight file path -> sha256 in the rdf
     doc: dict = field(default_factory=dict, hash=False, compare=False, repr=False)  # the whole rdf document
 
@@ -66,7 +67,14 @@ class BundleInfo:
         """Smallest size the weights accept that is >= n (the rdf's sizes, unless the bundle states
         that its weights take any size from ``any_size_from`` on)."""
         if self.any_size_from is not None:
-            return max(int(n), self.any_size_from)
+            n = max(int(n), self.any_size_from)
+            if n % self.multiple == 0:
+                return n
+            # a pooling network: tiles keep its grid only on a multiple, and the canvas must reach
+            # the graph's padding beyond the image, so that every pixel the kept output sees is the
+            # image's mirror (w2sr.core.padding) and not a mirror of the canvas edge
+            n += self.padding
+            return n + (-n) % self.multiple
         if n <= self.min_size:
             return self.min_size
         if self.step == 0:
@@ -198,6 +206,7 @@ def read_bundle(path: str | Path) -> BundleInfo:
             test_input=root / doc["test_inputs"][0],
             test_output=root / doc["test_outputs"][0],
             padding=int(network.get("padding", 0)),
+            multiple=max(1, int(network.get("size_multiple", 1))),
             weight_sha256={root / w["source"]: str(w["sha256"]) for w in weights.values()
                            if isinstance(w, dict) and w.get("source") and w.get("sha256")},
             any_size_from=int(network["any_size_from"]) if network.get("any_size_from") else None,

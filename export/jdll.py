@@ -76,6 +76,8 @@ class JdllModel:
     preprocessing: list
     postprocessing: list
     output_dtype: str = "float32"
+    #: not JDLL's: the network's pooling grid (config.w2sr.network.size_multiple), for the Fiji macro's canvas
+    multiple: int = 1
 
     @classmethod
     def from_rdf(cls, doc: dict) -> "JdllModel":
@@ -106,7 +108,9 @@ class JdllModel:
         return cls(axes=axes, y=axis("y"), x=axis("x"), tiling=tiling,
                    preprocessing=list(inp.get("preprocessing") or []),
                    postprocessing=list(out.get("postprocessing") or []),
-                   output_dtype=str(out.get("data_type", "float32")))
+                   output_dtype=str(out.get("data_type", "float32")),
+                   multiple=max(1, int((((doc.get("config") or {}).get("w2sr") or {}).get("network") or {})
+                                       .get("size_multiple", 1))))
 
 
 # --------------------------------------------------------------------------------------------
@@ -525,12 +529,32 @@ def macro_canvas(model: JdllModel, shape: tuple[int, int]) -> tuple[int, int]:
     ``tile - 2 * halo``. That avoids JDLL's two small-image problems (the "3 x the image" refusal
     and the one-pixel output shift), and, because the canvas is whole copies, every pixel value
     appears equally often: JDLL's percentiles of the canvas are those of the image (so a
-    percentile-normalised model sees the same input). Other sides are left alone."""
+    percentile-normalised model sees the same input). Other sides are left alone.
+
+    A network with pooling (``model.multiple`` m > 1) gives the whole image's pixels only when every
+    JDLL tile starts on its grid: the canvas side must then also be divisible by m (JDLL clamps its
+    last tile to the image end). With per-image percentiles the canvas stays whole copies (the
+    fewest that are divisible by m: up to m copies for an odd side); without them it is mirrored
+    (numpy ``symmetric``) a halo beyond the image and up to the next multiple, so that JDLL's own
+    mirror of the canvas edge lies outside what any kept pixel sees."""
+    m = model.multiple
+    percentiles = any(op.get("name") == "scale_range" for op in model.preprocessing)
     out = []
     for size, axis in zip(shape, (model.y, model.x)):
         size = int(size)
         need = tile_size(size, axis) - 2 * axis.halo
-        out.append(size * -(-need // size) if axis.step == 0 and size < need else size)
+        if axis.step != 0:
+            out.append(size)
+        elif m == 1 or percentiles:
+            k = max(1, -(-need // size)) if size < need else 1
+            while (k * size) % m:
+                k += 1
+            out.append(k * size)
+        elif size % m == 0 and size >= need:
+            out.append(size)
+        else:
+            c = max(need, size + axis.halo)
+            out.append(c + (-c) % m)
     return out[0], out[1]
 
 

@@ -159,7 +159,7 @@ def parity_matrix(info: Any, keras_path: Optional[Path]) -> tuple[list[ParityRow
     post = info.normalization.output
     tile = _tile_for(info, side=min(x.shape[1:3]))
     img = x[0, :, :, 0]
-    n_tiles = count_tiles(img.shape, tile, info.halo, info.valid_size_at_least)
+    n_tiles = count_tiles(img.shape, tile, info.halo, info.valid_size_at_least, info.multiple)
     rows: list[ParityRow] = []
     keras_out: Optional[np.ndarray] = None
 
@@ -175,10 +175,11 @@ def parity_matrix(info: Any, keras_path: Optional[Path]) -> tuple[list[ParityRow
         t0 = time.perf_counter()
         try:
             rt = make_runtime(r.key, keras_path=keras_path, savedmodel=info.savedmodel_zip, onnx_path=info.onnx_path,
-                              padding=info.padding, scale=info.scale)
+                              padding=info.padding, scale=info.scale,
+                              multiple=info.multiple)
             whole = post(rt.predict(x))
             tiled = post(predict_tiled(rt.predict, img, tile, info.halo, scale=info.scale,
-                                       valid_size=info.valid_size_at_least))
+                                       valid_size=info.valid_size_at_least, align=info.multiple))
         except Exception as exc:
             rows.append(ParityRow(r.key, label, r.device, FAILED, reason=f"{type(exc).__name__}: {exc}"))
             continue
@@ -235,7 +236,8 @@ def fast_mode_rows(info: Any, keras_path: Optional[Path], device: str = "gpu") -
         t0 = time.perf_counter()
         try:
             rt = make_runtime(r.key, keras_path=keras_path, savedmodel=info.savedmodel_zip, onnx_path=info.onnx_path,
-                              padding=info.padding, scale=info.scale)
+                              padding=info.padding, scale=info.scale,
+                              multiple=info.multiple)
             out = info.normalization.output(rt.predict(x))
         except Exception as exc:
             rows.append(FastModeRow(r.key, label, r.device, r.math, FAILED, reason=f"{type(exc).__name__}: {exc}"))
@@ -263,7 +265,7 @@ def size_checks(info: Any, keras_path: Optional[Path], sizes: Sequence[tuple[int
     onnx_rt = OnnxRuntime(info.onnx_path, providers=["CPUExecutionProvider"])
     sm_rt = SavedModelRuntime(info.savedmodel_zip)
     if keras_path is not None:
-        ref_rt: Any = KerasRuntime(keras_path, padding=info.padding, scale=info.scale)
+        ref_rt: Any = KerasRuntime(keras_path, padding=info.padding, scale=info.scale, multiple=info.multiple)
         ref_name = "keras"
     else:
         ref_rt, ref_name = sm_rt, "savedmodel"
@@ -294,11 +296,11 @@ def size_checks(info: Any, keras_path: Optional[Path], sizes: Sequence[tuple[int
             runtimes = [("onnx", onnx_rt)] + ([("savedmodel", sm_rt)] if dtype in ("float32", "uint16") else [])
             for name, rt in runtimes:
                 out = post(predict_tiled(rt.predict, x, tile, info.halo, scale=info.scale,
-                                         valid_size=info.valid_size_at_least))
+                                         valid_size=info.valid_size_at_least, align=info.multiple))
                 cmp_ = Comparison.of(out, ref)
                 rows.append(SizeRow(
                     shape=tuple(int(s) for s in shape), dtype=dtype, runtime=name,
-                    tiles=count_tiles(x.shape, tile, info.halo, info.valid_size_at_least),
+                    tiles=count_tiles(x.shape, tile, info.halo, info.valid_size_at_least, info.multiple),
                     canvas=canvas_shape(x.shape, info.valid_size_at_least), vs_keras_whole=cmp_,
                     status=PASSED if cmp_.ok else FAILED, reference=ref_name))
             if jmodel is not None and dtype == "float32":  # what a Fiji user gets through the Fiji macro

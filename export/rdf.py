@@ -93,6 +93,7 @@ class RdfParams:
     onnx_opset: int = ONNX_OPSET
     scale: int = 2
     cite: list = field(default_factory=lambda: list(CITATIONS))
+    multiple: int = 1              # input sides the network itself needs divisible by this (pooling)
     input_description: str = ("raw widefield image (any intensity units the model was trained on), "
                               "converted to float32 before the normalisation")
     output_text: Optional[str] = None  # the output tensor's description (default: output_description)
@@ -152,12 +153,16 @@ def output_description(norm: Normalization, scale: int) -> str:
     return f"restored image at {scale}x the input sampling, in {norm.output_units}"
 
 
-def deepimagej_sizes_note(tile: int, halo: int, scale: int = 2) -> str:
+def deepimagej_sizes_note(tile: int, halo: int, scale: int = 2, multiple: int = 1) -> str:
     """One sentence for the rdf description: the image sides DeepImageJ run directly does not handle
     exactly (``export.jdll.exposed_sides``); the bundle's Fiji macro handles them all."""
     from export.jdll import exposed_sides
 
     shifted, refused_below = exposed_sides(tile, halo, scale)
+    if multiple > 1:
+        return (f" DeepImageJ run directly (tile {tile}): sides < {refused_below} px refused, whole-image pixels only "
+                f"on sides >= {tile - 2 * halo} px divisible by {multiple} (pooling); "
+                f"fiji_macros/deepimagej_predict.ijm handles every size.")
     odd = f", odd sides {min(shifted)}-{max(shifted)} px shift by 1 px" if shifted else ""
     return (f" DeepImageJ run directly (tile {tile}): sides < {refused_below} px refused{odd}; "
             f"fiji_macros/deepimagej_predict.ijm handles every size.")
@@ -176,7 +181,7 @@ def build_rdf(p: RdfParams) -> dict:
         "type": "model",
         "name": p.name,
         **({"id": p.model_id} if p.model_id else {}),
-        "description": p.description + deepimagej_sizes_note(p.tile, p.halo, s),
+        "description": p.description + deepimagej_sizes_note(p.tile, p.halo, s, p.multiple),
         "authors": p.authors,
         "cite": p.cite,
         "license": p.license,
@@ -249,6 +254,7 @@ def build_rdf(p: RdfParams) -> dict:
                 "padding": p.padding, "padding_mode": "symmetric", "any_size_from": p.any_size_from,
                 # one "key: N" line each, read by fiji_macros/*.ijm (rdfNumber)
                 "deepimagej_tile": p.tile, "deepimagej_halo": p.halo, "deepimagej_scale": s,
+                "size_multiple": p.multiple,
                 "note": "the graph pads its input symmetrically by `padding` px and crops the output, so "
                         "DeepImageJ's mirror-padded tiles and whole-image inference give the same pixels; "
                         "the weights run any input side >= any_size_from (the rdf fixes DeepImageJ's tile)"}},

@@ -128,7 +128,7 @@ class KerasRuntime:
     format = "keras"
 
     def __init__(self, path_or_model: Any, device: Optional[str] = None, padding: int = 0,
-                 math: str = STRICT_MATH, scale: int = 2):
+                 math: str = STRICT_MATH, scale: int = 2, multiple: int = 1):
         from training.models import load_generator
 
         if isinstance(path_or_model, (str, Path)):
@@ -143,6 +143,7 @@ class KerasRuntime:
         self.device = device or "cpu"
         self.padding = int(padding)  # compare with the bundle's graph, which pads itself (w2sr.core.padding)
         self.scale = int(scale)      # output / input side (the padding's crop)
+        self.multiple = int(multiple)  # a pooling network's size multiple (padded to it, like the graph)
         self._tf_device = "/GPU:0" if self.device == "gpu" else "/CPU:0"
         self.name = f"Keras ({self.device.upper()}, {self.math})"
         import tensorflow as tf
@@ -157,7 +158,7 @@ class KerasRuntime:
     def predict(self, x: np.ndarray) -> np.ndarray:
         from w2sr.core.padding import wrap_numpy
 
-        return wrap_numpy(self._predict_plain, self.padding, self.scale)(_check_batch(x))
+        return wrap_numpy(self._predict_plain, self.padding, self.scale, self.multiple)(_check_batch(x))
 
     def _predict_plain(self, x: np.ndarray) -> np.ndarray:
         import tensorflow as tf
@@ -370,7 +371,7 @@ def fast_runtimes(device: str = "gpu") -> list[RuntimeRow]:
 
 def make_runtime(key: str, *, keras_path: Optional[Path] = None, savedmodel: Optional[Path] = None,
                  onnx_path: Optional[Path] = None, threads: Optional[int] = None, padding: int = 0,
-                 scale: int = 2) -> Any:
+                 scale: int = 2, multiple: int = 1) -> Any:
     """Build the runtime of a :class:`RuntimeRow` key, ``format-device[-math]`` (``padding``: the
     bundle graph's, for Keras). Without a math suffix the runtime is strict fp32."""
     fmt, device, *rest = key.split("-")
@@ -379,7 +380,8 @@ def make_runtime(key: str, *, keras_path: Optional[Path] = None, savedmodel: Opt
     if fmt == "keras":
         if keras_path is None:
             raise UserError("no Keras generator given")
-        return KerasRuntime(keras_path, device="gpu" if gpu else "cpu", padding=padding, math=math, scale=scale)
+        return KerasRuntime(keras_path, device="gpu" if gpu else "cpu", padding=padding, math=math, scale=scale,
+                            multiple=multiple)
     if fmt == "savedmodel":
         if savedmodel is None:
             raise UserError("no SavedModel given")

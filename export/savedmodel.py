@@ -62,7 +62,6 @@ ALLOWED_OPS: dict[str, frozenset[str]] = {
     "Add": frozenset({"T"}),
     "AddV2": frozenset({"T"}),
     "Sub": frozenset({"T"}),
-    "Neg": frozenset({"T"}),
     "Mul": frozenset({"T"}),
     "RealDiv": frozenset({"T"}),
     "Maximum": frozenset({"T"}),
@@ -84,6 +83,8 @@ ALLOWED_OPS: dict[str, frozenset[str]] = {
     "Pad": frozenset({"T", "Tpaddings"}),
     "MirrorPad": frozenset({"T", "Tpaddings", "mode"}),
     "Prod": frozenset({"T", "Tidx", "keep_dims"}),
+    "FloorMod": frozenset({"T"}),
+    "Neg": frozenset({"T"}),
     "Fill": frozenset({"T", "index_type"}),
 }
 
@@ -136,7 +137,7 @@ def check_generator(model: Any, source: str | Path = "model", scale: int = 2) ->
 # freezing
 
 
-def freeze_keras_model(model: Any, padding: int = 0, scale: int = 2) -> Any:
+def freeze_keras_model(model: Any, padding: int = 0, scale: int = 2, multiple: int = 1) -> Any:
     """Keras model -> frozen ``GraphDef`` with placeholder ``input`` and output node ``output``.
 
     ``padding``: the graph pads its input symmetrically by this many px and crops ``scale * padding``
@@ -154,7 +155,8 @@ def freeze_keras_model(model: Any, padding: int = 0, scale: int = 2) -> Any:
 
     @tf.function(input_signature=[spec], autograph=False)
     def forward(x):
-        return crop_tf(model(pad_tf(x, padding), training=False), padding, scale)
+        like = x if multiple > 1 else None
+        return crop_tf(model(pad_tf(x, padding, multiple), training=False), padding, scale, like)
 
     frozen = convert_variables_to_constants_v2(forward.get_concrete_function())
     graph_def = frozen.graph.as_graph_def()
@@ -226,10 +228,10 @@ def check_graph_ops(graph_def: Any, source: str | Path = "frozen graph") -> dict
     return dict(sorted(counts.items()))
 
 
-def check_old_engine_ops(model: Any, source: str | Path = "model", scale: int = 2) -> dict[str, int]:
+def check_old_engine_ops(model: Any, source: str | Path = "model", scale: int = 2, multiple: int = 1) -> dict[str, int]:
     """Freeze ``model`` as the export will and check its ops, before any other work: a model with an
     op DeepImageJ's old TensorFlow cannot run is refused in one line naming the op."""
-    graph_def = freeze_keras_model(model, padding=0, scale=scale)
+    graph_def = freeze_keras_model(model, padding=0, scale=scale, multiple=multiple)
     strip_default_attrs(graph_def)
     return check_graph_ops(graph_def, source)
 
@@ -306,18 +308,18 @@ def deterministic_zip(folder: Path, zip_path: Path, *, exclude: Iterable[str] = 
 
 
 def export_savedmodel(model: Any, zip_path: str | Path, *, source: str | Path = "model",
-                      padding: int = 0, scale: int = 2) -> SavedModelExport:
+                      padding: int = 0, scale: int = 2, multiple: int = 1) -> SavedModelExport:
     """Freeze ``model`` (with ``padding`` px of in-graph symmetric padding), check its ops, write the
     SavedModel and zip it to ``zip_path``."""
     zip_path = Path(zip_path)
-    graph_def = freeze_keras_model(model, padding=padding, scale=scale)
+    graph_def = freeze_keras_model(model, padding=padding, scale=scale, multiple=multiple)
     stripped = strip_default_attrs(graph_def)
     ops = check_graph_ops(graph_def, source)
     n_weights = count_constant_values(graph_def)
     with scratch_dir("savedmodel") as tmp:
         sm_dir = write_frozen_savedmodel(graph_def, Path(tmp) / "savedmodel")
         # re-check what was actually written (the Builder may add nodes of its own)
-        written = load_graph_def(sm_dir)
+        written = written_graph_def(sm_dir)
         ops = check_graph_ops(written, f"{source} (as written)")
         graph_bytes = (sm_dir / "saved_model.pb").stat().st_size
         deterministic_zip(sm_dir, zip_path)
@@ -379,6 +381,16 @@ def tf1_session(path: str | Path) -> Iterator[tuple[Any, Any, Any]]:
             yield sess, meta, sig
     finally:
         sm.cleanup()
+
+
+def written_graph_def(sm_dir: Path) -> Any:
+    """The graph exactly as ``saved_model.pb`` stores it (a loader would add default attributes back,
+    ones TensorFlow 1.15 may not know, such as MaxPool's ``explicit_paddings``)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel()
+    sm.ParseFromString((Path(sm_dir) / "saved_model.pb").read_bytes())
+    return sm.meta_graphs[0].graph_def
 
 
 def load_graph_def(path: str | Path) -> Any:

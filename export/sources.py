@@ -71,15 +71,15 @@ def training_source(source: str | Path, config: Optional[str | Path] = None) -> 
 # any Keras model
 
 #: what ``w2sr bundle`` exports today; other models are refused before any work, naming the feature
-SUPPORTED = "1 -> 1 channel, any input size (no size multiple), output scale 1, 2, 3, 4 or 8"
+SUPPORTED = "1 -> 1 channel, output scale 1, 2, 3, 4 or 8, pooling networks up to a size multiple of 64"
 
 
 def _refuse_unsupported(spec: ModelSpec, path: Path) -> None:
     problems = []
     if spec.in_channels != 1 or spec.out_channels != 1:
         problems.append(f"{spec.in_channels} input / {spec.out_channels} output channels")
-    if spec.multiple != 1:
-        problems.append(f"input sides must be divisible by {spec.multiple} (pooling)")
+    if spec.multiple > 64:
+        problems.append(f"input sides must be divisible by {spec.multiple} (more than 6 poolings)")
     if problems:
         raise UserError(f"{path}: {'; '.join(problems)}: not supported yet by w2sr bundle "
                         f"(supported: {SUPPORTED})")
@@ -163,7 +163,7 @@ def keras_source(path: str | Path, *, normalization: str = "percentile", percent
     _refuse_unsupported(spec, path)
     from export.savedmodel import check_old_engine_ops
 
-    check_old_engine_ops(model, path, spec.scale)
+    check_old_engine_ops(model, path, spec.scale, spec.multiple)
     maths = bundle_normalization(normalization, spec, percentiles, mean, std)
     what = f"x{spec.scale} " if spec.scale > 1 else ""
     kind = "probability map (0..1)" if spec.output_kind == "probability" else "image"

@@ -182,6 +182,11 @@ def deepimagej_direct_note(doc: dict) -> str:
         return "DeepImageJ 3.1 called directly: the rdf has a size step, so JDLL runs each image as one tile"
     shifted, refused_below = jdll.exposed_sides(model.y.min, model.y.halo, int(model.y.scale))
     exposed = f"odd sides {min(shifted)}-{max(shifted)} px come out shifted by one pixel" if shifted else "none is shifted"
+    if model.multiple > 1:
+        return (f"DeepImageJ 3.1 called directly (GUI, any macro but the bundle's), tile {model.y.min} px, halo "
+                f"{model.y.halo} px: sides under {refused_below} px are refused; a pooling network (size multiple "
+                f"{model.multiple}) gives whole-image pixels only on sides of at least {model.y.min - 2 * model.y.halo} px "
+                f"divisible by {model.multiple} (the bundle's Fiji macro pads every other size)")
     return (f"DeepImageJ 3.1 called directly (GUI, any macro but the bundle's), tile {model.y.min} px, halo "
             f"{model.y.halo} px: sides under {refused_below} px are refused, {exposed}; every other side gives "
             f"whole-image pixels (the bundle's Fiji macro pads small images: every size)")

@@ -18,12 +18,11 @@ from tests.fixtures.gallery import EXPECTED, GALLERY, save
 from w2sr.core.contract import outside_tolerance
 
 #: gallery models w2sr bundle exports today, with the rdf scale each must get
-SUPPORTED = {"care_residual": 1, "sr_x4_transpose": 4, "fixed_size_sigmoid": 1}
+SUPPORTED = {"care_residual": 1, "sr_x4_transpose": 4, "fixed_size_sigmoid": 1, "unet_denoise": 1}
 #: options a user would give for a model (the probability model takes raw values)
 OPTIONS = {"fixed_size_sigmoid": ("--normalization", "none")}
 #: gallery models it detects and refuses (not yet supported), with the words the one line must hold
-REFUSED = {"unet_denoise": "divisible by 4", "segment_softmax": "2 output channels",
-           "two_channel_input": "2 input"}
+REFUSED = {"segment_softmax": "2 output channels", "two_channel_input": "2 input"}
 
 
 def _cli(*args: str) -> int:

@@ -32,41 +32,72 @@ def symmetric_indices(start: int, length: int, n: int) -> np.ndarray:
     return np.where(i < n, i, 2 * n - 1 - i).astype(np.intp)
 
 
-def pad_numpy(x: np.ndarray, p: int) -> np.ndarray:
-    """``(B, H, W, C)`` -> ``(B, H+2p, W+2p, C)``, mirrored with the edge pixel repeated."""
-    if p == 0:
-        return np.asarray(x)
-    return np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode=MODE)
+def to_multiple(n: int, multiple: int) -> int:
+    """px added after a side of ``n`` to reach a multiple of ``multiple``."""
+    return (-int(n)) % int(multiple)
 
 
-def crop_numpy(y: np.ndarray, p: int, scale: int = 2) -> np.ndarray:
+def pad_numpy(x: np.ndarray, p: int, multiple: int = 1) -> np.ndarray:
+    """``(B, H, W, C)`` -> ``(B, H+2p, W+2p, C)``, mirrored with the edge pixel repeated; then, for a
+    network that needs sides divisible by ``multiple`` (pooling), zeros at the bottom and right up to
+    the next multiple (beyond the halo, so no kept pixel sees them; ONNX Runtime's reflect padding
+    of a size computed in the graph gave other values than TensorFlow's, zeros are the same everywhere)."""
+    x = np.asarray(x)
+    if p:
+        x = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode=MODE)
+    if multiple > 1:
+        ey, ex = to_multiple(x.shape[1], multiple), to_multiple(x.shape[2], multiple)
+        if ey or ex:
+            x = np.pad(x, ((0, 0), (0, ey), (0, ex), (0, 0)))
+    return x
+
+
+def crop_numpy(y: np.ndarray, p: int, scale: int = 2, shape: tuple | None = None) -> np.ndarray:
+    """The output of the input's own pixels: ``scale * p`` off each side (and, after a multiple's
+    padding, cut to ``scale x`` the input ``shape``)."""
     c = scale * p
+    if shape is not None:
+        return y[:, c: c + scale * shape[0], c: c + scale * shape[1]]
     return y if c == 0 else y[:, c:-c, c:-c]
 
 
-def wrap_numpy(predict: Callable[[np.ndarray], np.ndarray], p: int, scale: int = 2) -> Callable:
-    """``predict`` (B,H,W,1) -> (B,sH,sW,1) with the exported graph's padding around it."""
-    if p == 0:
+def wrap_numpy(predict: Callable[[np.ndarray], np.ndarray], p: int, scale: int = 2, multiple: int = 1) -> Callable:
+    """``predict`` (B,H,W,C) -> (B,sH,sW,C') with the exported graph's padding around it."""
+    if p == 0 and multiple == 1:
         return predict
-    return lambda x: crop_numpy(np.asarray(predict(pad_numpy(x, p))), p, scale)
+    return lambda x: crop_numpy(np.asarray(predict(pad_numpy(x, p, multiple))), p, scale,
+                                np.shape(x)[1:3] if multiple > 1 else None)
 
 
-def pad_tf(x: Any, p: int) -> Any:
-    """:func:`pad_numpy` in TensorFlow ops every old runtime knows (no MirrorPad: tf2onnx cannot
-    convert its SYMMETRIC mode)."""
+def pad_tf(x: Any, p: int, multiple: int = 1) -> Any:
+    """:func:`pad_numpy` in TensorFlow ops every old runtime knows (the symmetric part without
+    MirrorPad: tf2onnx cannot convert its SYMMETRIC mode; the multiple's part is a zero Pad of a size
+    computed in the graph, ONNX Pad constant after tf2onnx)."""
     import tensorflow as tf
 
-    if p == 0:
-        return x
-    for axis in (1, 2):
+    for axis in (1, 2) if p else ():
         if axis == 1:
             before, after = x[:, p - 1::-1], x[:, :-p - 1:-1]
         else:
             before, after = x[:, :, p - 1::-1], x[:, :, :-p - 1:-1]
         x = tf.concat([before, x, after], axis=axis)
+    if multiple > 1:
+        shape = tf.shape(x)
+        # (m - n mod m) mod m on non-negative numbers only: tf2onnx turns FloorMod into an integer Div,
+        # which truncates towards zero, so a negative operand (-n mod m) gives a negative pad there
+        ey = tf.math.floormod(multiple - tf.math.floormod(shape[1], multiple), multiple)
+        ex = tf.math.floormod(multiple - tf.math.floormod(shape[2], multiple), multiple)
+        x = tf.pad(x, tf.stack([[0, 0], [0, ey], [0, ex], [0, 0]]))
     return x
 
 
-def crop_tf(y: Any, p: int, scale: int = 2) -> Any:
+def crop_tf(y: Any, p: int, scale: int = 2, like: Any = None) -> Any:
+    """``scale * p`` off each side of the output; with ``like`` (the unpadded input, after a
+    multiple's padding), cut to ``scale x`` its size."""
+    import tensorflow as tf
+
     c = scale * p
+    if like is not None:
+        shape = tf.shape(like)
+        return y[:, c: c + scale * shape[1], c: c + scale * shape[2]]
     return y if c == 0 else y[:, c:-c, c:-c]

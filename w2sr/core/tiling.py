@@ -31,7 +31,8 @@ How the two agree (so that tiled == whole once the halo covers the receptive fie
   one tile.
 
 Memory: the output array plus one batch of tiles (input and output); nothing else image-sized.
-Tiles are placed at any offset (fine for networks without strided layers, such as RRDBNet).
+Tiles are placed at any offset (fine for networks without strided layers, such as RRDBNet), or at
+multiples of ``align`` for a network with pooling (its grid must be the whole image's).
 """
 from __future__ import annotations
 
@@ -84,18 +85,23 @@ def canvas_shape(shape: tuple[int, int], valid_size: ValidSize = None) -> tuple[
     return out  # type: ignore[return-value]
 
 
-def tile_starts(length: int, tile: int, halo: int) -> list[int]:
+def tile_starts(length: int, tile: int, halo: int, align: int = 1) -> list[int]:
     """Start offsets of tiles of size ``tile`` covering ``0..length`` with overlaps >= 2*halo.
 
-    The first start is 0, the last is ``length - tile``; starts are spread evenly.
+    The first start is 0, the last is ``length - tile``; starts are spread evenly. ``align``: every
+    start a multiple of it (a network with pooling gives the whole image's pixels only on tiles that
+    keep its pooling grid; ``length`` and ``tile`` must then be multiples of it too).
     """
     if tile >= length:
         return [0]
-    core = tile - 2 * halo
+    core = tile - 2 * halo - (align - 1)  # rounding a start down costs up to align - 1 px of overlap
     if core < 1:
-        raise ValueError(f"tile {tile} must be larger than 2 * halo ({2 * halo})")
+        raise ValueError(f"tile {tile} must be larger than 2 * halo ({2 * halo})" +
+                         (f" + {align - 1} (alignment)" if align > 1 else ""))
+    if align > 1 and (length % align or tile % align):
+        raise ValueError(f"aligned tiles need a length ({length}) and tile ({tile}) divisible by {align}")
     n = 1 + math.ceil((length - tile) / core)
-    return [(i * (length - tile)) // (n - 1) for i in range(n)]
+    return [(i * (length - tile)) // (n - 1) // align * align for i in range(n)]
 
 
 def _keep_ranges(starts: list[int], tile: int) -> list[tuple[int, int]]:
@@ -142,7 +148,7 @@ def predict_whole(predict_fn: PredictFn, image: np.ndarray, valid_size: ValidSiz
 
 
 def iter_tiles(shape: tuple[int, int], tile: int | tuple[int, int], halo: int,
-               valid_size: ValidSize = None) -> Iterator[tuple[int, int, int, int, int, int, int, int]]:
+               valid_size: ValidSize = None, align: int = 1) -> Iterator[tuple[int, int, int, int, int, int, int, int]]:
     """Yield ``(y0, x0, th, tw, ky0, ky1, kx0, kx1)``: tile origin and size on the canvas, and the
     canvas span it owns (clipped to the image)."""
     h, w = shape
@@ -150,7 +156,7 @@ def iter_tiles(shape: tuple[int, int], tile: int | tuple[int, int], halo: int,
     ty_req, tx_req = (tile, tile) if isinstance(tile, int) else tile
     vs = valid_size or (lambda n: n)
     th, tw = min(int(vs(int(ty_req))), ch), min(int(vs(int(tx_req))), cw)
-    ys, xs = tile_starts(ch, th, halo), tile_starts(cw, tw, halo)
+    ys, xs = tile_starts(ch, th, halo, align), tile_starts(cw, tw, halo, align)
     for y0, (ky0, ky1) in zip(ys, _keep_ranges(ys, th)):
         if ky0 >= h:
             continue  # owns only mirrored padding
@@ -161,11 +167,12 @@ def iter_tiles(shape: tuple[int, int], tile: int | tuple[int, int], halo: int,
 
 
 def count_tiles(shape: tuple[int, int], tile: int | tuple[int, int], halo: int,
-                valid_size: ValidSize = None) -> int:
-    return sum(1 for _ in iter_tiles(shape, tile, halo, valid_size))
+                valid_size: ValidSize = None, align: int = 1) -> int:
+    return sum(1 for _ in iter_tiles(shape, tile, halo, valid_size, align))
 
 
-def balanced_tile(shape: tuple[int, int], tile: int, halo: int, valid_size: ValidSize = None) -> tuple[int, int]:
+def balanced_tile(shape: tuple[int, int], tile: int, halo: int, valid_size: ValidSize = None,
+                  align: int = 1) -> tuple[int, int]:
     """Per-axis tile sizes, no larger than ``tile``, that need the same number of tiles but overlap less.
 
     With tiles of ``tile`` px, an image just over a multiple of the tile pays for a nearly empty
@@ -180,21 +187,22 @@ def balanced_tile(shape: tuple[int, int], tile: int, halo: int, valid_size: Vali
         if t >= length:
             out.append(length)
             continue
-        n = len(tile_starts(length, t, halo))
-        need = -(-(length - 2 * halo) // n) + 2 * halo
+        n = len(tile_starts(length, t, halo, align))
+        need = -(-(length - 2 * halo) // n) + 2 * halo + (align - 1)
         out.append(min(int(vs(need)), t))
     return out[0], out[1]
 
 
 def predict_tiled(predict_fn: PredictFn, image: np.ndarray, tile: int | tuple[int, int], halo: int,
                   scale: int = 2, valid_size: ValidSize = None, batch: int = 1,
-                  progress: Optional[Callable[[int], None]] = None) -> np.ndarray:
+                  progress: Optional[Callable[[int], None]] = None, align: int = 1) -> np.ndarray:
     """Predict ``image`` tile by tile; return the stitched ``(scale*H, scale*W)`` float32 output.
 
     ``tile``: requested tile side in input pixels, halo included (rounded up by ``valid_size``,
     reduced to the canvas when the image is smaller); an ``(h, w)`` pair is accepted too.
     ``halo``: context in input pixels kept on each inner side of every tile; must be < tile/2.
-    ``batch``: tiles per ``predict_fn`` call. ``progress(n)`` is called after each batch with the
+    ``batch``: tiles per ``predict_fn`` call. ``align``: tile starts on multiples of it (pooling
+    networks; ``valid_size`` must then give multiples of it). ``progress(n)`` is called after each batch with the
     number of tiles done in it.
     """
     image = _check_image(image)
@@ -220,7 +228,7 @@ def predict_tiled(predict_fn: PredictFn, image: np.ndarray, tile: int | tuple[in
             progress(n)
         pending.clear()
 
-    for spec in iter_tiles((h, w), tile, halo, valid_size):
+    for spec in iter_tiles((h, w), tile, halo, valid_size, align):
         y0, x0, th, tw = spec[:4]
         if tiles_in is None:
             tiles_in = np.empty((batch, th, tw, 1), dtype=np.float32)

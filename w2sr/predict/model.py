@@ -153,8 +153,8 @@ class Model:
             log.warning("%s: %s; its output is what DeepImageJ gives (a flat plane for a constant one), "
                         "not a restoration", where or label or "image",
                         equal_percentiles(norm.low_percentile, norm.high_percentile, input_map.lo, "plane"))
-        tile = balanced_tile(plane.shape, self.tile, info.halo, info.valid_size_at_least)
-        n_tiles = count_tiles(plane.shape, tile, info.halo, info.valid_size_at_least)
+        tile = balanced_tile(plane.shape, self.tile, info.halo, info.valid_size_at_least, info.multiple)
+        n_tiles = count_tiles(plane.shape, tile, info.halo, info.valid_size_at_least, info.multiple)
         bar = None
         if settings.progress and n_tiles > TILE_BAR_MIN:
             from tqdm import tqdm
@@ -163,7 +163,7 @@ class Model:
             # tiles are gathered as float32 before preprocessing: 8/16-bit inputs never round
             return predict_tiled(self.predict_fn(input_map), plane, tile, info.halo, scale=info.scale,
                                  valid_size=info.valid_size_at_least, batch=settings.batch,
-                                 progress=bar.update if bar else None)
+                                 progress=bar.update if bar else None, align=info.multiple)
         finally:
             if bar:
                 bar.close()
