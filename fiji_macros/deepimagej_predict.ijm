@@ -30,15 +30,14 @@ function runDeepImageJ(model, inDir, outDir) {
 var SKIP = "SKIP: "; // prefix of predictImage's reasons to skip (not fail) an image
 var PLANE = "w2sr_plane_"; // DeepImageJ's input files: TMP/in/w2sr_plane_000001.tif, ...
 var OUT_PLANE = "w2sr_result_plane_";
-var MODEL = ""; // the model folder
-var TMP = ""; // a fresh folder in ImageJ's temp folder (in/, out/), removed at the end
+var MODEL = ""; var TILE = -1; var HALO = -1; // the model folder; its rdf's deepimagej_tile / _halo
+var TMP = ""; // a fresh folder in ImageJ's temp folder, removed at the end
 
 arg = getArgument();
 interactive = (arg == "");
 if (interactive) {
     proposed = ""; // the active image's file, if it has one
-    if (nImages > 0)
-        if (getInfo("image.filename") != "") proposed = getInfo("image.directory") + getInfo("image.filename");
+    if (nImages > 0) if (getInfo("image.filename") != "") proposed = getInfo("image.directory") + getInfo("image.filename");
     Dialog.create("w2sr: DeepImageJ super-resolution");
     Dialog.addDirectory("Model folder (with rdf.yaml)", getDirectory("imagej") + "models" + File.separator);
     Dialog.addFile("Input image file or folder", proposed);
@@ -46,19 +45,16 @@ if (interactive) {
     Dialog.addDirectory("Output folder", "");
     Dialog.addCheckbox("Overwrite existing _sr.tif files", false);
     Dialog.show();
-    model = Dialog.getString();
-    input = Dialog.getString();
-    output = Dialog.getString();
-    overwrite = Dialog.getCheckbox();
+    model = Dialog.getString(); input = Dialog.getString(); output = Dialog.getString(); overwrite = Dialog.getCheckbox();
 } else {
-    model = argValue("model");
-    input = argValue("input");
-    output = argValue("output");
+    model = argValue("model"); input = argValue("input"); output = argValue("output");
     overwrite = matches(toLowerCase(argValue("overwrite")), "true|1|yes");
 }
 
 // ---- fatal problems stop the macro before anything is written
 MODEL = resolveModel(model);
+TILE = rdfNumber("deepimagej_tile");
+HALO = rdfNumber("deepimagej_halo");
 if (input == "") exit("No input given (input=[/path/to/image.tif] or input=[/path/to/folder]).");
 if (!File.exists(input) && isImageName(input)) exit("Input image not found: " + input);
 if (!File.exists(input)) exit("Input folder not found: " + input);
@@ -81,12 +77,8 @@ if (folderMode) {
     images = newArray(0);
     for (i = 0; i < files.length; i++) {
         if (endsWith(files[i], "/") || startsWith(files[i], ".")) continue; // folders, hidden files: not inputs
-        if (isImageName(files[i])) {
-            images = Array.concat(images, files[i]);
-        } else {
-            print("skipped " + files[i] + ": not an image file");
-            skipped = Array.concat(skipped, files[i]);
-        }
+        if (isImageName(files[i])) images = Array.concat(images, files[i]);
+        else { print("skipped " + files[i] + ": not an image file"); skipped = Array.concat(skipped, files[i]); }
     }
     if (images.length == 0) exit("No image files in " + inDir + " (looked for " + String.join(IMAGE_EXTENSIONS, " ") + ").");
 } else {
@@ -98,10 +90,7 @@ if (!File.isDirectory(output)) File.makeDirectory(output);
 if (!File.isDirectory(output)) exit("Cannot create the output folder: " + output);
 TMP = getDirectory("temp") + "w2sr_dij_" + d2s(getTime(), 0) + "_" + d2s(random * 1e6, 0) + File.separator;
 File.makeDirectory(TMP);
-File.makeDirectory(TMP + "in");
-File.makeDirectory(TMP + "out");
-if (!File.isDirectory(TMP + "in") || !File.isDirectory(TMP + "out"))
-    exit("Cannot create a temporary folder in " + getDirectory("temp"));
+if (!File.isDirectory(TMP)) exit("Cannot create a temporary folder in " + getDirectory("temp"));
 
 // ---- the images, one by one
 batchWas = is("Batch Mode");
@@ -109,24 +98,19 @@ setBatchMode(true);
 if (folderMode) print("w2sr batch: " + images.length + " image(s) from " + inDir + " -> " + output);
 else print("w2sr: " + input + " -> " + outPath);
 print("model: " + MODEL);
-nDone = 0;
-failed = newArray(0);
-err = "";
-t0 = getTime();
+nDone = 0; failed = newArray(0); err = ""; t0 = getTime();
 for (i = 0; i < images.length; i++) {
     name = images[i];
     outPath = output + File.getNameWithoutExtension(name) + OUTPUT_SUFFIX;
     tag = ""; // a folder's Log lines start with [i/N]
     if (folderMode) tag = "[" + (i + 1) + "/" + images.length + "] ";
-    keep = false; // an existing result counts as done only if it is a good one
-    if (File.exists(outPath) && !overwrite) {
-        keep = outputIsGood(outPath);
-        if (!keep) print(tag + outPath + " exists but holds NaN/Inf or is unreadable (an earlier bad run): replacing it");
-    }
-    if (keep) {
-        print(tag + "skipped " + name + ": " + outPath + " exists (overwrite=true to replace)");
-        skipped = Array.concat(skipped, name);
-        continue;
+    if (File.exists(outPath) && !overwrite) { // an existing result counts as done only if it is a good one
+        if (outputIsGood(outPath)) {
+            print(tag + "skipped " + name + ": " + outPath + " exists (overwrite=true to replace)");
+            skipped = Array.concat(skipped, name);
+            continue;
+        }
+        print(tag + outPath + " exists but holds NaN/Inf or is unreadable (an earlier bad run): replacing it");
     }
     t1 = getTime();
     showProgress(i, images.length);
@@ -142,10 +126,7 @@ for (i = 0; i < images.length; i++) {
         if (folderMode) print(tag + "FAILED " + name + ": " + err);
     }
 }
-emptyFolder(TMP + "in" + File.separator);
-emptyFolder(TMP + "out" + File.separator);
-emptyFolder(TMP); // now the empty in/ and out/
-ok = File.delete(TMP);
+removeFolder(TMP);
 setBatchMode(batchWas);
 showProgress(1, 1);
 if (!folderMode) { // an image file: its problem is the exit message
@@ -164,9 +145,7 @@ if (!folderMode) { // an image file: its problem is the exit message
 // ---- checks -------------------------------------------------------------------------------------
 
 // Value of key in the "key=value key2=[value 2]" argument ("" when absent).
-function argValue(key) {
-    return call("ij.Macro.getValue", getArgument() + " ", key, "");
-}
+function argValue(key) { return call("ij.Macro.getValue", getArgument() + " ", key, ""); }
 
 function withSlash(dir) {
     if (!endsWith(dir, "/") && !endsWith(dir, File.separator)) dir = dir + File.separator;
@@ -312,9 +291,9 @@ function deepImageJLimit(width, height) {
     use = " - use 'w2sr predict' (Python, tiled, any size) for this image";
     if (4.0 * width * height > 2147483647)
         return "" + width + "x" + height + " is too large for DeepImageJ 3.1: its 2x output would exceed 2^31-1 pixels, the largest image JDLL and ImageJ hold" + use;
-    h = maxOf(0, rdfNumber("deepimagej_halo"));
+    h = maxOf(0, HALO);
     if (h == 0) h = 32; // unknown halo: a generous guess
-    if (rdfNumber("deepimagej_tile") <= 0 && (width + 2.0 * h) * (height + 2.0 * h) > 4096.0 * 4096 * 3)
+    if (TILE <= 0 && (width + 2.0 * h) * (height + 2.0 * h) > 4096.0 * 4096 * 3)
         return "" + width + "x" + height + " is above DeepImageJ 3.1's limit for this model: JDLL 0.6.1 takes the whole image as one tile and never returns above 4096*4096*3 pixels" + use;
     return "";
 }
@@ -350,16 +329,16 @@ function predictImage(src, outPath) {
     if (shapeProblem != "") return shapeProblem;
     tooLarge = deepImageJLimit(width, height);
     if (tooLarge != "") return SKIP + tooLarge;
-    canvasW = paddedSide(width);
-    canvasH = paddedSide(height);
+    canvasW = paddedSide(width); canvasH = paddedSide(height);
     getVoxelSize(pw, ph, pd, unit);
     Stack.getUnits(unit, yUnit, zUnit, timeUnit, valueUnit); // "micron", where getVoxelSize says "microns"
     frameInterval = Stack.getFrameInterval();
     n = nSlices;
     tmpIn = TMP + "in" + File.separator;
     tmpOut = TMP + "out" + File.separator;
-    emptyFolder(tmpIn); // an earlier image's files must not be taken for this one's
-    emptyFolder(tmpOut);
+    removeFolder(tmpIn); // an earlier image's files must not be taken for this one's
+    removeFolder(tmpOut);
+    File.makeDirectory(tmpIn); File.makeDirectory(tmpOut);
     for (plane = 1; plane <= n; plane++) {
         selectImage(src);
         setSlice(plane);
@@ -369,8 +348,7 @@ function predictImage(src, outPath) {
         run("32-bit"); // older DeepImageJ normalised 8/16-bit images on their integer type: black output
         getRawStatistics(nFinite);
         if (nFinite < getWidth() * getHeight()) { // ImageJ leaves NaN and +-Inf out of the count
-            where = "";
-            if (n > 1) where = " in plane " + plane + " of " + n;
+            where = ""; if (n > 1) where = " in plane " + plane + " of " + n;
             return "holds NaN or Inf values" + where + " (" + (getWidth() * getHeight() - nFinite) + " pixels); the model needs finite numbers";
         }
         mirrorPadTo(canvasW, canvasH);
@@ -386,17 +364,14 @@ function predictImage(src, outPath) {
             if (startsWith(produced[k], prefix) && endsWith(produced[k], ".tif"))
                 if (result == "" || produced[k] == prefix + "output.tif") result = produced[k];
         if (result == "") {
-            where = "";
-            if (n > 1) where = " for plane " + plane + " of " + n;
+            where = ""; if (n > 1) where = " for plane " + plane + " of " + n;
             return "DeepImageJ Run wrote no output" + where + "; its error is in the Log / Console (DeepImageJ 3.1 or newer? does the model run on this image?)";
         }
         open(tmpOut + result);
         if (getWidth() != 2 * canvasW || getHeight() != 2 * canvasH || bitDepth() != 32)
             return "unexpected model output " + getWidth() + "x" + getHeight() + ", " + bitDepth() + "-bit (expected " + (2 * canvasW) + "x" + (2 * canvasH) + ", 32-bit): is this the w2sr 2x model?";
         if (canvasW != width || canvasH != height) { // drop what the mirror padding added
-            makeRectangle(0, 0, 2 * width, 2 * height);
-            run("Crop");
-            run("Select None");
+            makeRectangle(0, 0, 2 * width, 2 * height); run("Crop"); run("Select None");
         }
         rename(OUT_PLANE + IJ.pad(plane, 6));
     }
@@ -423,17 +398,15 @@ function predictImage(src, outPath) {
 // image side and, when tile - side is odd, shifts such an output by one pixel: this avoids both, and
 // whole copies keep the image's percentiles (export.jdll.macro_canvas, fiji_macros/README.md).
 function paddedSide(side) {
-    tile = rdfNumber("deepimagej_tile");
-    need = tile - 2 * maxOf(rdfNumber("deepimagej_halo"), 0);
-    if (tile > 0 && side < need) return side * Math.ceil(need / side);
+    need = TILE - 2 * maxOf(HALO, 0);
+    if (TILE > 0 && side < need) return side * Math.ceil(need / side);
     return side;
 }
 
 // Pads the active single-plane image at the bottom and right to w x h with its mirror image (numpy
 // "symmetric": the edge pixel repeated), as export.jdll.predict_like_macro does.
 function mirrorPadTo(w, h) {
-    sw = getWidth();
-    sh = getHeight();
+    sw = getWidth(); sh = getHeight();
     if (w == sw && h == sh) return;
     run("Canvas Size...", "width=" + w + " height=" + h + " position=Top-Left zero");
     for (y = 0; y < h; y++)
@@ -447,7 +420,11 @@ function mirror(i, n) { // the index in 0..n-1 that i (>= 0) mirrors to
     return i;
 }
 
-function emptyFolder(dir) { // deletes the files (and empty folders) in dir
+function removeFolder(dir) { // deletes folder dir with everything in it
     list = getFileList(dir);
-    for (k = 0; k < list.length; k++) ok = File.delete(dir + list[k]);
+    for (k = 0; k < list.length; k++) {
+        if (endsWith(list[k], "/")) removeFolder(dir + list[k]);
+        else ok = File.delete(dir + list[k]);
+    }
+    ok = File.delete(dir);
 }
