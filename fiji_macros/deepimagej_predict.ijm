@@ -43,7 +43,7 @@ if (interactive) {
     Dialog.addFile("Input image file or folder", proposed);
     Dialog.addMessage("Browse picks an image file; for every image of a folder, type or drop the folder.");
     Dialog.addDirectory("Output folder", "");
-    Dialog.addCheckbox("Overwrite existing _sr.tif files", false);
+    Dialog.addCheckbox("Overwrite existing " + OUTPUT_SUFFIX + " files", false);
     Dialog.show();
     model = Dialog.getString(); input = Dialog.getString(); output = Dialog.getString(); overwrite = Dialog.getCheckbox();
 } else {
