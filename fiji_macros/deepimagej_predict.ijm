@@ -1,6 +1,8 @@
-// deepimagej_predict.ijm - denoise + 2x super-resolve one image, or every image of a folder, with DeepImageJ 3.1+.
+// deepimagej_predict.ijm - run a w2sr bundle (the W2S model: denoise + 2x super-resolve; or any model
+// bundled with w2sr bundle) on one image, or every image of a folder, with DeepImageJ 3.1+.
 // Each image (8/16/32-bit; 2D, stack or hyperstack) is run plane by plane and saved as OUTPUT/<name>_sr.tif:
-// 32-bit, twice the width and height, pixel size halved, same stack layout. Inputs are never written to.
+// 32-bit, the model's scale times the width and height (2x for W2S), pixel size divided by it, same
+// stack layout. Inputs are never written to.
 // Arguments (key=value, values with spaces in [brackets]); without any, a dialog asks for them:
 //   model=[folder with rdf.yaml: absolute, or a folder name in Fiji.app/models]
 //   input=[an image file, or a folder of images (not recursive)]   output=[a folder, not the input's]
@@ -31,6 +33,7 @@ var SKIP = "SKIP: "; // prefix of predictImage's reasons to skip (not fail) an i
 var PLANE = "w2sr_plane_"; // DeepImageJ's input files: TMP/in/w2sr_plane_000001.tif, ...
 var OUT_PLANE = "w2sr_result_plane_";
 var MODEL = ""; var TILE = -1; var HALO = -1; // the model folder; its rdf's deepimagej_tile / _halo
+var SCALE = 2; var MULTIPLE = 1; var PERCENTILES = true; // output/input side, pooling grid, per-image percentiles
 var TMP = ""; // a fresh folder in ImageJ's temp folder, removed at the end
 
 arg = getArgument();
@@ -55,6 +58,9 @@ if (interactive) {
 MODEL = resolveModel(model);
 TILE = rdfNumber("deepimagej_tile");
 HALO = rdfNumber("deepimagej_halo");
+SCALE = maxOf(1, rdfNumber("deepimagej_scale")); if (rdfNumber("deepimagej_scale") < 0) SCALE = 2; // older bundles: 2x
+MULTIPLE = maxOf(1, rdfNumber("size_multiple"));
+PERCENTILES = indexOf(File.openAsString(MODEL + File.separator + "rdf.yaml"), "name: scale_range") >= 0;
 if (input == "") exit("No input given (input=[/path/to/image.tif] or input=[/path/to/folder]).");
 if (!File.exists(input) && isImageName(input)) exit("Input image not found: " + input);
 if (!File.exists(input)) exit("Input folder not found: " + input);
@@ -289,8 +295,8 @@ function rdfNumber(key) {
 // TileCalculator.checkOutputSize into a loop that never returns.
 function deepImageJLimit(width, height) {
     use = " - use 'w2sr predict' (Python, tiled, any size) for this image";
-    if (4.0 * width * height > 2147483647)
-        return "" + width + "x" + height + " is too large for DeepImageJ 3.1: its 2x output would exceed 2^31-1 pixels, the largest image JDLL and ImageJ hold" + use;
+    if (1.0 * SCALE * SCALE * width * height > 2147483647)
+        return "" + width + "x" + height + " is too large for DeepImageJ 3.1: its " + SCALE + "x output would exceed 2^31-1 pixels, the largest image JDLL and ImageJ hold" + use;
     h = maxOf(0, HALO);
     if (h == 0) h = 32; // unknown halo: a generous guess
     if (TILE <= 0 && (width + 2.0 * h) * (height + 2.0 * h) > 4096.0 * 4096 * 3)
@@ -368,10 +374,10 @@ function predictImage(src, outPath) {
             return "DeepImageJ Run wrote no output" + where + "; its error is in the Log / Console (DeepImageJ 3.1 or newer? does the model run on this image?)";
         }
         open(tmpOut + result);
-        if (getWidth() != 2 * canvasW || getHeight() != 2 * canvasH || bitDepth() != 32)
-            return "unexpected model output " + getWidth() + "x" + getHeight() + ", " + bitDepth() + "-bit (expected " + (2 * canvasW) + "x" + (2 * canvasH) + ", 32-bit): is this the w2sr 2x model?";
+        if (getWidth() != SCALE * canvasW || getHeight() != SCALE * canvasH || bitDepth() != 32)
+            return "unexpected model output " + getWidth() + "x" + getHeight() + ", " + bitDepth() + "-bit (expected " + (SCALE * canvasW) + "x" + (SCALE * canvasH) + ", 32-bit): is this a w2sr bundle of a " + SCALE + "x model?";
         if (canvasW != width || canvasH != height) { // drop what the mirror padding added
-            makeRectangle(0, 0, 2 * width, 2 * height); run("Crop"); run("Select None");
+            makeRectangle(0, 0, SCALE * width, SCALE * height); run("Crop"); run("Select None");
         }
         rename(OUT_PLANE + IJ.pad(plane, 6));
     }
@@ -382,7 +388,7 @@ function predictImage(src, outPath) {
         if (frames > 1 && frameInterval > 0) Stack.setFrameInterval(frameInterval);
         setSlice(1);
     }
-    setVoxelSize(pw / 2, ph / 2, pd, unit); // DeepImageJ's output has no calibration
+    setVoxelSize(pw / SCALE, ph / SCALE, pd, unit); // DeepImageJ's output has no calibration
     resetMinAndMax();
     // written beside the target under a temporary name, then renamed: no half-written _sr.tif
     partial = File.getDirectory(outPath) + "." + File.getNameWithoutExtension(outPath) + ".partial.tif";
@@ -397,10 +403,21 @@ function predictImage(src, outPath) {
 // number of mirrored copies of itself that reaches tile - 2*halo. JDLL 0.6.1 refuses a tile over 3x the
 // image side and, when tile - side is odd, shifts such an output by one pixel: this avoids both, and
 // whole copies keep the image's percentiles (export.jdll.macro_canvas, fiji_macros/README.md).
+// A pooling network (size_multiple m > 1) needs a side divisible by m (JDLL's tiles then keep its grid):
+// whole copies, as few as are divisible by m, with percentiles; without, the mirror reaching a halo
+// beyond the image, up to a multiple of m.
 function paddedSide(side) {
     need = TILE - 2 * maxOf(HALO, 0);
-    if (TILE > 0 && side < need) return side * Math.ceil(need / side);
-    return side;
+    if (TILE <= 0) return side;
+    if (MULTIPLE == 1 || PERCENTILES) {
+        k = 1;
+        if (side < need) k = Math.ceil(need / side);
+        while ((k * side) % MULTIPLE != 0) k++;
+        return k * side;
+    }
+    if (side % MULTIPLE == 0 && side >= need) return side;
+    c = maxOf(need, side + maxOf(HALO, 0));
+    return c + (MULTIPLE - c % MULTIPLE) % MULTIPLE;
 }
 
 // Pads the active single-plane image at the bottom and right to w x h with its mirror image (numpy

@@ -202,3 +202,33 @@ def test_consumers_agree_with_w2sr_predict(bundled, tmp_path):
         assert np.abs(core_out - ours).max() < 0.05 * (np.abs(ours).max() + 1e-6)
     else:
         assert not outside_tolerance(core_out, ours).any()
+
+
+def test_the_fiji_macro_gives_w2sr_predicts_pixels(bundled, tmp_path):
+    """DeepImageJ through the bundle's own macro (ImageJ 1.x + the DeepImageJ stand-in, JDLL 0.6.1's
+    tiling): an odd-sized calibrated image comes out at the model's scale, pixel size divided by it,
+    and equal to `w2sr predict` on every pixel."""
+    import subprocess
+    import sys
+
+    from tests.export.test_consumers import _image
+    from tests.fiji_macros.test_macro import _MISSING, args, assert_zoo_close, read_tif, run_macro
+
+    if _MISSING:
+        pytest.skip("cannot run ImageJ here, missing: " + "; ".join(_MISSING))
+    name, out = bundled
+    src = tmp_path / "in"
+    src.mkdir()
+    image = _image((123, 97), seed=9)
+    tifffile.imwrite(src / "cells.tif", image, imagej=True, resolution=(1 / 0.1, 1 / 0.1), metadata={"unit": "micron"})
+    res = run_macro(out / "fiji_macros" / "deepimagej_predict.ijm",
+                    args(model=out, input=src, output=tmp_path / "fiji"), timeout=400)
+    assert res.returncode == 0, res.output[-3000:]
+    got, px, unit, _ = read_tif(tmp_path / "fiji" / "cells_sr.tif")
+    r = subprocess.run([sys.executable, "-m", "w2sr.cli", "predict", str(out), str(src / "cells.tif"), "--out",
+                        str(tmp_path / "py"), "--precision", "fp32", "--runtime", "onnx"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ref = np.squeeze(tifffile.imread(tmp_path / "py" / "cells_sr.tif"))
+    s = SUPPORTED[name]
+    assert got.shape == (123 * s, 97 * s) and px == pytest.approx(0.1 / s, rel=1e-5) and unit == "micron"
+    assert_zoo_close(got.astype(np.float32), ref, f"{name}: Fiji macro vs w2sr predict")
