@@ -113,8 +113,9 @@ DeepImageJ 3.1 applies the rdf's pre- and postprocessing itself and tiles every 
 {tile} px tiles. Two limits of DeepImageJ 3.1 (JDLL 0.6.1, read in its source) for images smaller
 than a tile: a side under {-(-tile // 3)} px is refused ("cannot be bigger than 3 times the image
 size"), and a side under {tile - 2 * int(halo_info.get('halo') or 0)} px whose difference to {tile} is odd comes out shifted by
-one output pixel. `fiji_macros/deepimagej_predict.ijm` (input: an image file or a folder) mirror-pads
-such images to {tile} px before DeepImageJ and crops the result, which avoids both. Fiji macros
+one output pixel. `fiji_macros/deepimagej_predict.ijm` (input: an image file or a folder) pads such
+images with whole mirrored copies of themselves up to at least {tile - 2 * int(halo_info.get('halo') or 0)} px
+(so their percentiles do not change) before DeepImageJ and crops the result, which avoids both. Fiji macros
 shipped with the bundle:
 
 {macro_list}

@@ -373,7 +373,7 @@ def percentile_definition_note(info: Any) -> str:
     """How far bioimageio.core's percentile (numpy ``linear``, interpolated) is from JDLL's (the one the
     bundle's test output and every w2sr consumer use) on the test input, and what that does to the
     output: the residual ``bioimageio test`` sees."""
-    from w2sr.core.normalization import InputMap
+    from w2sr.core.normalization import PercentileMap
     from export.runtimes import OnnxRuntime
 
     norm = info.normalization
@@ -382,7 +382,7 @@ def percentile_definition_note(info: Any) -> str:
     jdll_map = norm.measure(raw)
     lo, hi = (float(np.percentile(raw, q, method="linear")) for q in (norm.low_percentile, norm.high_percentile))
     rt = OnnxRuntime(info.onnx_path, providers=["CPUExecutionProvider"])
-    theirs = norm.output(rt.predict(InputMap(lo, hi).apply(raw)[None, :, :, None]))[0, :, :, 0]
+    theirs = norm.output(rt.predict(PercentileMap(lo, hi).apply(raw)[None, :, :, None]))[0, :, :, 0]
     cmp_ = Comparison.of(theirs, expected)
     return (f"percentile definitions on the test input: JDLL / w2sr (sorted[int(N p / 100)]) lo {jdll_map.lo:.6g}, "
             f"hi {jdll_map.hi:.6g}; bioimageio.core (numpy linear) lo {lo:.6g}, hi {hi:.6g}; output with the "

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from w2sr.core.errors import UserError, validation_message, yaml_message
+from w2sr.core.normalization import DEFAULT_PERCENTILES, Normalization
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +96,9 @@ class NormalizationConfig(_Strict):
     percentile mode existed).
     """
 
-    mode: Literal["percentile", "fixed"] = "percentile"
-    low_percentile: float = Field(1.0, ge=0, lt=100)
-    high_percentile: float = Field(99.8, gt=0, le=100)
+    mode: Literal["percentile", "fixed"] = "percentile"  # "none" is for w2sr bundle only
+    low_percentile: float = Field(DEFAULT_PERCENTILES[0], ge=0, lt=100)
+    high_percentile: float = Field(DEFAULT_PERCENTILES[1], gt=0, le=100)
     input_mean: Optional[float] = None
     input_std: Optional[float] = Field(None, gt=0)
     target_mean: Optional[float] = None
@@ -113,20 +114,19 @@ class NormalizationConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "NormalizationConfig":
-        if self.low_percentile >= self.high_percentile:
-            raise ValueError(f"low_percentile {self.low_percentile:g} must be below high_percentile "
-                             f"{self.high_percentile:g}")
+        self.maths  # the one check of the fields (w2sr.core.normalization.Normalization)
         return self
 
     @property
     def resolved(self) -> bool:
-        return self.maths.resolved
+        """Can training start? Fixed mode needs all four statistics; None ones are measured on the
+        training images first (a bundle of a user's model may have no target statistics: not here)."""
+        return self.mode == "percentile" or None not in (self.input_mean, self.input_std, self.target_mean,
+                                                        self.target_std)
 
     @property
-    def maths(self):
+    def maths(self) -> Normalization:
         """The normalisation to apply (``w2sr.core.normalization.Normalization``)."""
-        from w2sr.core.normalization import Normalization
-
         return Normalization.of(self)
 
 

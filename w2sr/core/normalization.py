@@ -26,7 +26,7 @@ All are ops DeepImageJ 3 (JDLL) implements.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -99,7 +99,7 @@ def percentile_range(image: np.ndarray, low: float, high: float, strict: bool = 
     ``high - low`` percent of its pixels), ``strict`` (training, evaluation, the checks) raises
     :class:`NormalizationError`; otherwise (``w2sr predict``) they are returned anyway, and
     :func:`scale_range` then gives what DeepImageJ and bioimageio.core give: ``(x - lo) / eps``,
-    all zeros for a constant image (see :meth:`InputMap.degenerate`)."""
+    all zeros for a constant image (see :attr:`PercentileMap.degenerate`)."""
     lo, hi = jdll_percentiles(image, [low, high])
     if strict and not hi > lo:
         raise NormalizationError(
@@ -119,24 +119,38 @@ def scale_range(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class InputMap:
-    """What one image's input normalisation needs, measured once on the whole image (so that tiles
-    normalised separately get the numbers of the whole image)."""
+class PercentileMap:
+    """One image's percentile normalisation, measured once on the whole image (so that tiles
+    normalised separately get the numbers of the whole image): ``(x - lo) / (hi - lo + eps)``."""
 
     lo: float
     hi: float
-    fixed: bool = False
 
     @property
     def degenerate(self) -> bool:
-        """Percentile mode with coinciding percentiles (measured with ``strict=False``): the map is
-        DeepImageJ's ``(x - lo) / eps``, all zeros for a constant image, not a real normalisation."""
-        return not self.fixed and not self.hi > self.lo
+        """Coinciding percentiles (measured with ``strict=False``): the map is DeepImageJ's
+        ``(x - lo) / eps``, all zeros for a constant image, not a real normalisation."""
+        return not self.hi > self.lo
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        if self.fixed:
-            return preprocess(x, self.lo, self.hi)
         return scale_range(x, self.lo, self.hi)
+
+
+@dataclass(frozen=True)
+class FixedMap:
+    """A fixed z-score, the same for every image: ``(x - mean) / (std + eps)`` (identity: mean 0,
+    std 1 - eps, the ``none`` mode)."""
+
+    mean: float
+    std: float
+    degenerate = False
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        return preprocess(x, self.mean, self.std)
+
+
+#: what :meth:`Normalization.measure` gives: the map of one whole image
+InputMap = Union[PercentileMap, FixedMap]
 
 
 @dataclass(frozen=True)
@@ -193,12 +207,12 @@ class Normalization:
         """The input map of one whole raw image. In percentile mode, when its percentiles coincide,
         ``strict`` (the default: training, evaluation, export checks) raises NormalizationError;
         ``strict=False`` (``w2sr predict`` only) returns DeepImageJ's map anyway, flagged
-        :attr:`InputMap.degenerate`, so that the caller can warn."""
+        :attr:`PercentileMap.degenerate`, so that the caller can warn."""
         if self.mode == "none":
-            return InputMap(0.0, 1.0 - EPS, fixed=True)
+            return FixedMap(0.0, 1.0 - EPS)
         if not self.percentile:
-            return InputMap(float(self.input_mean), float(self.input_std), fixed=True)
-        return InputMap(*percentile_range(image, self.low_percentile, self.high_percentile, strict=strict))
+            return FixedMap(float(self.input_mean), float(self.input_std))
+        return PercentileMap(*percentile_range(image, self.low_percentile, self.high_percentile, strict=strict))
 
     def input(self, image: np.ndarray) -> np.ndarray:
         """Whole raw image -> network input, float32."""
