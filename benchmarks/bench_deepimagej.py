@@ -5,7 +5,7 @@ this machine's fp32 limit measured in the same run.
 For a bundle (``--bundle DIR``; default the FULL generator, nb 23 / nf 64 / gc 32, random weights with
 non-zero biases, exported once and cached by ``benchmarks/workloads.py``):
 
-1. JDLL's tiles (``export.jdll``: TileCalculator's formula, TileMaker's grid) for 512^2, 1024^2,
+1. JDLL's tiles (``w2sr.bundle.jdll``: TileCalculator's formula, TileMaker's grid) for 512^2, 1024^2,
    2048^2, 4096^2 and 8000 x 3000 images, and whether JDLL would hang;
 2. per engine (TF 1.15 and TF 2.7 with the SavedModel through a TF1 session, as JDLL's Java engines
    load it; ONNX Runtime 1.13.1 with default session options, as JDLL's ``OnnxInterface`` opens it):
@@ -48,7 +48,7 @@ log = logging.getLogger("bench_deepimagej")
 
 
 def tile_table(jmodel) -> list[dict]:
-    from export import jdll
+    from w2sr.bundle import jdll
 
     rows = []
     for h, w in TILE_SIZES:
@@ -65,7 +65,7 @@ def tile_table(jmodel) -> list[dict]:
 
 def one_tile(info, jmodel) -> tuple[np.ndarray, tuple[int, int]]:
     """The first DeepImageJ tile of a 512^2 image, preprocessed as DeepImageJ does: (1, th, tw, 1)."""
-    from export import jdll
+    from w2sr.bundle import jdll
 
     raw = workloads.test_image(512)[None, :, :, None]
     tp = jdll.plan(jmodel, (512, 512))
@@ -136,8 +136,8 @@ def main(argv=None) -> int:
 
     import yaml
 
-    from export import jdll
-    from export.bundle_info import read_bundle
+    from w2sr.bundle import jdll
+    from w2sr.bundle.reader import read_bundle
 
     record = machine_limits.machine_record("cpu")
     print(machine.one_line(record), flush=True)

@@ -129,8 +129,8 @@ def main(argv=None) -> int:
         return 2
     print(machine.one_line(record))
 
-    from export.bundle_info import read_bundle
-    from export.runtimes import OnnxRuntime
+    from w2sr.bundle.reader import read_bundle
+    from w2sr.bundle.runtimes import OnnxRuntime
 
     bundle = workloads.full_bundle() if args.model == "full" else Path(args.model)
     info = read_bundle(bundle)

@@ -7,7 +7,7 @@ a 512 x 512 nuclei image, taken from the stardist wheel on PyPI with ``pip downl
 
 1. invariance: the Pearson correlation of output(a * img + b) with output(img), for a camera offset
    (+1000), gains (x10, x0.5) and both, through ``w2sr predict``'s path and through DeepImageJ 3.1's
-   (``export.jdll``: JDLL 0.6.1's processing and tiles, ONNX Runtime); plus the largest difference
+   (``w2sr.bundle.jdll``: JDLL 0.6.1's processing and tiles, ONNX Runtime); plus the largest difference
    in the output's own units;
 2. percentile definitions (percentile bundles): JDLL's ``sorted[int(N p / 100)]`` (what every w2sr
    consumer uses) vs numpy's interpolated ``linear`` (bioimageio.core), on the real image and on
@@ -57,10 +57,10 @@ def stardist_image() -> Path:
 def runners(bundle: Path):
     import yaml
 
-    from export import jdll
-    from export.bundle_info import read_bundle
+    from w2sr.bundle import jdll
+    from w2sr.bundle.reader import read_bundle
     from w2sr.predict.model import Model, Settings
-    from export.runtimes import OnnxRuntime
+    from w2sr.bundle.runtimes import OnnxRuntime
 
     settings = Settings(bundle=str(bundle), progress=False)
     model = Model.load(settings)
@@ -73,7 +73,7 @@ def runners(bundle: Path):
 
 
 def invariance(bundle: Path, image: np.ndarray) -> list[str]:
-    from export.bundle_info import read_bundle
+    from w2sr.bundle.reader import read_bundle
 
     mode = read_bundle(bundle).normalization.mode
     rows = []
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
 
     import tifffile
 
-    from export.bundle_info import read_bundle
+    from w2sr.bundle.reader import read_bundle
     from training.data import simulator
 
     image_path = args.image or stardist_image()

@@ -277,7 +277,7 @@ def main(argv=None) -> int:
                 bundle = build_with_exporter(model, workdir / f"bundle_{model}_exporter", args.halo)
             else:
                 bundle = build_random_bundle(model, workdir / f"bundle_{model}", args.halo or 32)
-            from export.bundle_info import read_bundle
+            from w2sr.bundle.reader import read_bundle
             notes.append(f"{model}: random-weight generator ({CONFIGS[model]}.yaml architecture), bundle built "
                          f"by the {build} path, halo {read_bundle(bundle).halo} px")
         sizes = args.sizes if model == "demo" else args.full_sizes
@@ -289,7 +289,7 @@ def main(argv=None) -> int:
                 m = measure(bundle, runtime, size, n, args.tile, args.threads, workdir, args.timeout)
                 m.update(model=model, runtime=runtime, size=size)
                 if "error" not in m:
-                    from export.bundle_info import read_bundle
+                    from w2sr.bundle.reader import read_bundle
 
                     info = read_bundle(bundle)
                     th, tw = (int(v) for v in m["tile"].split("x"))

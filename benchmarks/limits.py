@@ -139,7 +139,7 @@ def _onnxruntime(op, dtype, shape, device, threads):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from export.runtimes import session_providers
+    from w2sr.bundle.runtimes import session_providers
 
     if device == "gpu" and "CUDAExecutionProvider" not in ort.get_available_providers():
         raise RuntimeError("this onnxruntime has no CUDA provider")

@@ -74,7 +74,7 @@ class ExportOptions:
 
 def _our_rdf(path: Path) -> Optional[dict]:
     """The rdf document of a bundle this exporter wrote at ``path``, else None."""
-    from export.bundle_info import read_rdf
+    from w2sr.bundle.reader import read_rdf
 
     if not (Path(path) / "rdf.yaml").is_file():
         return None
@@ -143,7 +143,7 @@ def _timestamp(path: Path) -> str:
 
 
 def _manifest(root: Path) -> dict[str, str]:
-    from export.bundle_info import sha256_file
+    from w2sr.bundle.reader import sha256_file
 
     files = {}
     for p in sorted(root.rglob("*")):
@@ -290,7 +290,7 @@ def _weights(src: ModelSource, stage: Path, opt: ExportOptions) -> _Weights:
 def _assets(src: ModelSource, stage: Path, weights: _Weights, opt: ExportOptions) -> list[str]:
     """Test tensors, samples, cover and macros; returns the attachments the rdf lists."""
     from export.assets import write_macros, write_test_data
-    from export.runtimes import SavedModelRuntime
+    from w2sr.bundle.runtimes import SavedModelRuntime
 
     maths = src.maths
     runtime = SavedModelRuntime(stage / SAVEDMODEL_ZIP)
@@ -303,7 +303,7 @@ def _draft_rdf(src: ModelSource, stage: Path, weights: _Weights, attachments: li
                opt: ExportOptions) -> dict:
     """The rdf with everything but the README's validation section and the file list (placeholders
     stand in for the files written after validation, so the draft validates)."""
-    from export.bundle_info import sha256_file
+    from w2sr.bundle.reader import sha256_file
     from export.rdf import RdfParams, build_rdf, validate_rdf_format, write_rdf
 
     hm = weights.halo

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
-from export.proc import die_with_parent
+from w2sr.core.proc import die_with_parent
 log = logging.getLogger(__name__)
 
 SCRIPTS_DIR = Path(__file__).parent / "engine_scripts"

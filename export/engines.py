@@ -18,7 +18,7 @@ the engine's raw output is postprocessed the same way and compared with ``test_o
 the model zoo's tolerance ``|a - b| <= 1.5e-4 + 1e-4 |b|``.
 
 With ``deepimagej=True`` (the default) each engine also runs the test input the way DeepImageJ 3.1
-runs it: ``export.jdll`` applies JDLL 0.6.1's processing and cuts its tiles (mirror-padded by the
+runs it: ``w2sr.bundle.jdll`` applies JDLL 0.6.1's processing and cuts its tiles (mirror-padded by the
 halo) here, the engine runs them one per call (so the process's peak memory is that of one tile),
 and they are stitched and postprocessed as JDLL does (loader ``<loader>+deepimagej``).
 
@@ -41,7 +41,7 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from export.engine_envs import ENGINES, Engine, EngineUnavailable, clean_env, ensure_engine_env, tail
-from export.proc import die_with_parent
+from w2sr.core.proc import die_with_parent
 from w2sr.core.contract import RULE, zoo_close
 from w2sr.core.files import scratch_dir
 
@@ -108,7 +108,7 @@ def _open_bundle(path: Path) -> Iterator[Path]:
 
 
 def read_engine_bundle(path: Path) -> EngineBundle:
-    from export.bundle_info import read_bundle
+    from w2sr.bundle.reader import read_bundle
 
     info = read_bundle(path)
     doc = info.doc
@@ -148,14 +148,14 @@ def check_engines(bundle_path: Union[str, Path], engines: Optional[Sequence[Unio
     ``engines``: keys of :data:`ENGINES` (or Engine objects); default all four. An engine whose
     environment cannot be had is one "skipped" row with the reason. Nothing is raised for a model
     that fails to load or to match: that is a "failed" row. ``deepimagej``: also run the test input
-    the way DeepImageJ 3.1 does (``export.jdll``: JDLL 0.6.1's tiles, mirror-padded by the halo, one
+    the way DeepImageJ 3.1 does (``w2sr.bundle.jdll``: JDLL 0.6.1's tiles, mirror-padded by the halo, one
     tile per call, stitched as JDLL stitches), rows with loader ``<loader>+deepimagej``.
     """
     selected = _resolve(engines)
     results: list[EngineResult] = []
     with _open_bundle(Path(bundle_path)) as root:
         bundle = read_engine_bundle(root)
-        from export import jdll
+        from w2sr.bundle import jdll
         info = bundle.info
         raw = np.load(info.test_input)
         expected = np.load(info.test_output).astype(np.float32)

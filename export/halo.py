@@ -2,7 +2,7 @@
 
 Beside the tiling code it serves (``w2sr.core.tiling``): ``measure_halo`` searches it on the generator,
 ``fit_padding`` exports the SavedModel with that much in-graph padding and grows it until DeepImageJ's
-tiles (``export.jdll``) and ``w2sr predict``'s tiles both reproduce the whole image within the zoo
+tiles (``w2sr.bundle.jdll``) and ``w2sr predict``'s tiles both reproduce the whole image within the zoo
 tolerance (``w2sr.core.contract``).
 """
 from __future__ import annotations
@@ -155,9 +155,9 @@ def measure_halo(predict: Callable, x: np.ndarray, post: Callable, *, core: int 
 
 def deepimagej_max_diff(predict: Callable, x: np.ndarray, ref: np.ndarray, post: Callable, halo: int,
                         tile: int, scale: int = SCALE) -> tuple[float, bool]:
-    """DeepImageJ 3.1's tiling (``export.jdll``: tiles of ``tile`` px mirror-padded by ``halo``) of the
+    """DeepImageJ 3.1's tiling (``w2sr.bundle.jdll``: tiles of ``tile`` px mirror-padded by ``halo``) of the
     normalised image ``x`` vs the whole-image output ``ref`` (postprocessed)."""
-    from export import jdll
+    from w2sr.bundle import jdll
 
     axis = jdll.JdllAxis(min=tile, step=0, halo=halo, scale=float(scale), out_halo=scale * halo)
     model = jdll.JdllModel(axes="byxc", y=axis, x=axis, tiling=True, preprocessing=[], postprocessing=[])
@@ -179,7 +179,7 @@ def fit_padding(model: Any, zip_path: Path, source: Path, hm: HaloMeasurement, x
     DeepImageJ's tiling and ``w2sr predict``'s tiling both reproduce the whole image; grow by 25 %
     while they do not. ``fixed``: the halo was given: check it as it is, no margin, no growth. ``tile``: DeepImageJ's tile, None
     for ``w2sr.core.contract.deepimagej_tile`` of each padding tried."""
-    from export.runtimes import SavedModelRuntime
+    from w2sr.bundle.runtimes import SavedModelRuntime
     from export.savedmodel import export_savedmodel
 
     m = multiple

@@ -185,7 +185,7 @@ def check_onnx(path_or_model: Any, source: str | Path = "weights.onnx") -> dict[
 
 def export_onnx(savedmodel: str | Path, out_path: str | Path, opset: int = ONNX_OPSET) -> OnnxExport:
     """Convert the frozen SavedModel (folder or zip) to ``out_path`` (deterministic bytes)."""
-    from export.savedmodel import load_graph_def
+    from w2sr.bundle.savedmodel import load_graph_def
     from w2sr.core.files import atomic_write_bytes
 
     out_path = Path(out_path)

@@ -1,6 +1,6 @@
 """The bundle's outputs through every runtime, compared on every pixel within the zoo tolerance
 (``w2sr.core.contract``): the parity matrix on the stored test input (Keras, SavedModel TF2 and TF1
-APIs, ONNX Runtime, GPU where present; tiled against whole), DeepImageJ 3.1's tiles (``export.jdll``),
+APIs, ONNX Runtime, GPU where present; tiled against whole), DeepImageJ 3.1's tiles (``w2sr.bundle.jdll``),
 and odd sizes and 8/16-bit inputs. ``export.validate`` runs them and reports."""
 from __future__ import annotations
 
@@ -119,6 +119,29 @@ def _tile_for(info: Any, extra: int = 16, side: int = 0) -> int:
     return int(info.valid_size_at_least(max(smallest, 2 * info.halo + extra, side // 3 + 2 * info.halo)))
 
 
+class RuntimePool:
+    """Every runtime of one bundle, opened once per validation: the rows, the odd sizes, DeepImageJ's
+    path and the percentile note share them (keys as ``export.runtimes.make_runtime``'s)."""
+
+    def __init__(self, info: Any, keras_path: Optional[Path]):
+        self.info, self.keras_path = info, keras_path
+        self._open: dict[str, Any] = {}
+
+    def get(self, key: str) -> Any:
+        if key not in self._open:
+            from export.runtimes import make_runtime
+
+            info = self.info
+            self._open[key] = make_runtime(key, keras_path=self.keras_path, savedmodel=info.savedmodel_zip,
+                                           onnx_path=info.onnx_path, padding=info.padding, scale=info.scale,
+                                           multiple=info.multiple)
+        return self._open[key]
+
+    @property
+    def opened(self) -> list[str]:
+        return list(self._open)
+
+
 def _as_dtype(image: np.ndarray, dtype: str) -> tuple[Optional[np.ndarray], str]:
     """The raw image as a user's ``dtype`` file would hold it: rounded and clipped to the type's
     range (no rescaling: a rescaled image would be out of the model's input distribution, and the
@@ -148,9 +171,10 @@ def _row_label(r: Any) -> str:
     return f"{name} {where}, " + ("fp32 (TF32 off)" if r.strict else r.math)
 
 
-def parity_matrix(info: Any, keras_path: Optional[Path]) -> tuple[list[ParityRow], Optional[np.ndarray]]:
-    from export.runtimes import available_runtimes, make_runtime
-    from export.savedmodel import run_tf1
+def parity_matrix(info: Any, keras_path: Optional[Path],
+                  pool: Optional[RuntimePool] = None) -> tuple[list[ParityRow], Optional[np.ndarray]]:
+    from export.runtimes import available_runtimes
+    from w2sr.bundle.savedmodel import run_tf1
     from w2sr.core.tiling import count_tiles, predict_tiled
 
     raw = np.load(info.test_input).astype(np.float32)
@@ -162,6 +186,7 @@ def parity_matrix(info: Any, keras_path: Optional[Path]) -> tuple[list[ParityRow
     n_tiles = count_tiles(img.shape, tile, info.halo, info.valid_size_at_least, info.multiple)
     rows: list[ParityRow] = []
     keras_out: Optional[np.ndarray] = None
+    pool = pool or RuntimePool(info, keras_path)
 
     for r in available_runtimes():
         label = _row_label(r)
@@ -174,9 +199,7 @@ def parity_matrix(info: Any, keras_path: Optional[Path]) -> tuple[list[ParityRow
             continue
         t0 = time.perf_counter()
         try:
-            rt = make_runtime(r.key, keras_path=keras_path, savedmodel=info.savedmodel_zip, onnx_path=info.onnx_path,
-                              padding=info.padding, scale=info.scale,
-                              multiple=info.multiple)
+            rt = pool.get(r.key)
             whole = post(rt.predict(x))
             tiled = post(predict_tiled(rt.predict, img, tile, info.halo, scale=info.scale,
                                        valid_size=info.valid_size_at_least, align=info.multiple))
@@ -207,7 +230,7 @@ def parity_matrix(info: Any, keras_path: Optional[Path]) -> tuple[list[ParityRow
         rows.append(ParityRow("savedmodel-tf1-session", "SavedModel (TF1 session, tag serve)", "cpu", FAILED,
                               reason=f"{type(exc).__name__}: {exc}"))
 
-    rows += deepimagej_rows(info, raw, expected)
+    rows += deepimagej_rows(info, raw, expected, pool)
     for row in rows:
         if row.status != PASSED:
             continue
@@ -216,15 +239,17 @@ def parity_matrix(info: Any, keras_path: Optional[Path]) -> tuple[list[ParityRow
     return rows, keras_out
 
 
-def fast_mode_rows(info: Any, keras_path: Optional[Path], device: str = "gpu") -> list[FastModeRow]:
+def fast_mode_rows(info: Any, keras_path: Optional[Path], device: str = "gpu",
+                   pool: Optional[RuntimePool] = None) -> list[FastModeRow]:
     """Each fast mode (``export.runtimes.fast_runtimes``) on the test input, whole image, with its
     deviation from ``test_output.npy``. Reported beside the parity matrix, never counted in it."""
-    from export.runtimes import fast_runtimes, make_runtime
+    from export.runtimes import fast_runtimes
 
     raw = np.load(info.test_input).astype(np.float32)
     expected = np.load(info.test_output).astype(np.float32)
     x = info.normalization.input(raw[0, :, :, 0])[None, :, :, None]
     rows: list[FastModeRow] = []
+    pool = pool or RuntimePool(info, keras_path)
     for r in fast_runtimes(device):
         label = _row_label(r)
         if not r.available:
@@ -235,10 +260,7 @@ def fast_mode_rows(info: Any, keras_path: Optional[Path], device: str = "gpu") -
             continue
         t0 = time.perf_counter()
         try:
-            rt = make_runtime(r.key, keras_path=keras_path, savedmodel=info.savedmodel_zip, onnx_path=info.onnx_path,
-                              padding=info.padding, scale=info.scale,
-                              multiple=info.multiple)
-            out = info.normalization.output(rt.predict(x))
+            out = info.normalization.output(pool.get(r.key).predict(x))
         except Exception as exc:
             rows.append(FastModeRow(r.key, label, r.device, r.math, FAILED, reason=f"{type(exc).__name__}: {exc}"))
             continue
@@ -252,20 +274,19 @@ def fast_mode_rows(info: Any, keras_path: Optional[Path], device: str = "gpu") -
 
 
 def size_checks(info: Any, keras_path: Optional[Path], sizes: Sequence[tuple[int, int]],
-                dtypes: Sequence[str] = ("uint8", "uint16", "float32")) -> tuple[list[SizeRow], list[str]]:
+                dtypes: Sequence[str] = ("uint8", "uint16", "float32"),
+                pool: Optional[RuntimePool] = None) -> tuple[list[SizeRow], list[str]]:
     import tifffile
-
-    from export.runtimes import KerasRuntime, OnnxRuntime, SavedModelRuntime
     from w2sr.core.tiling import canvas_shape, count_tiles, predict_tiled, predict_whole
 
     notes: list[str] = []
     sample = tifffile.imread(info.root / "sample_input.tif").astype(np.float32)
     if sample.ndim != 2:
         sample = np.squeeze(sample)
-    onnx_rt = OnnxRuntime(info.onnx_path, providers=["CPUExecutionProvider"])
-    sm_rt = SavedModelRuntime(info.savedmodel_zip)
+    pool = pool or RuntimePool(info, keras_path)
+    onnx_rt, sm_rt = pool.get("onnx-cpu"), pool.get("savedmodel-cpu")
     if keras_path is not None:
-        ref_rt: Any = KerasRuntime(keras_path, padding=info.padding, scale=info.scale, multiple=info.multiple)
+        ref_rt: Any = pool.get("keras-cpu")
         ref_name = "keras"
     else:
         ref_rt, ref_name = sm_rt, "savedmodel"
@@ -273,7 +294,7 @@ def size_checks(info: Any, keras_path: Optional[Path], sizes: Sequence[tuple[int
     rows: list[SizeRow] = []
     tile = _tile_for(info, extra=64)
     post = info.normalization.output
-    from export import jdll
+    from w2sr.bundle import jdll
 
     jmodel = jdll.JdllModel.from_rdf(info.doc)
     try:
@@ -323,7 +344,7 @@ def size_checks(info: Any, keras_path: Optional[Path], sizes: Sequence[tuple[int
 
 def _raw_deepimagej_note(jmodel: Any, onnx_rt: Any, image: np.ndarray, ref: np.ndarray) -> str:
     """What DeepImageJ 3.1 alone (without the Fiji macro's padding) does to a small image."""
-    from export import jdll
+    from w2sr.bundle import jdll
 
     h, w = image.shape
     try:
@@ -337,20 +358,20 @@ def _raw_deepimagej_note(jmodel: Any, onnx_rt: Any, image: np.ndarray, ref: np.n
             f"{jdll.macro_canvas(jmodel, image.shape)}")
 
 
-def deepimagej_rows(info: Any, raw: np.ndarray, expected: np.ndarray) -> list[ParityRow]:
-    """The bundle as DeepImageJ 3.1 runs it (``export.jdll``: JDLL 0.6.1's kwargs checks, processing on
+def deepimagej_rows(info: Any, raw: np.ndarray, expected: np.ndarray,
+                    pool: Optional[RuntimePool] = None) -> list[ParityRow]:
+    """The bundle as DeepImageJ 3.1 runs it (``w2sr.bundle.jdll``: JDLL 0.6.1's kwargs checks, processing on
     a float copy, tiles of its formula mirror-padded by the halo, its stitching), in ONNX Runtime and
     in the SavedModel, against the stored test output on every pixel."""
-    from export import jdll
-    from export.runtimes import OnnxRuntime, SavedModelRuntime
+    from w2sr.bundle import jdll
 
     model = jdll.JdllModel.from_rdf(info.doc)
+    pool = pool or RuntimePool(info, None)
     rows = []
     for key, label, make in (
-            ("deepimagej-onnx", "DeepImageJ 3.1 (JDLL 0.6 semantics), ONNX Runtime",
-             lambda: OnnxRuntime(info.onnx_path, providers=["CPUExecutionProvider"])),
+            ("deepimagej-onnx", "DeepImageJ 3.1 (JDLL 0.6 semantics), ONNX Runtime", lambda: pool.get("onnx-cpu")),
             ("deepimagej-savedmodel", "DeepImageJ 3.1 (JDLL 0.6 semantics), SavedModel",
-             lambda: SavedModelRuntime(info.savedmodel_zip))):
+             lambda: pool.get("savedmodel-cpu"))):
         t0 = time.perf_counter()
         try:
             jdll.check_processing(model)
@@ -369,19 +390,18 @@ def deepimagej_rows(info: Any, raw: np.ndarray, expected: np.ndarray) -> list[Pa
     return rows
 
 
-def percentile_definition_note(info: Any) -> str:
+def percentile_definition_note(info: Any, pool: Optional[RuntimePool] = None) -> str:
     """How far bioimageio.core's percentile (numpy ``linear``, interpolated) is from JDLL's (the one the
     bundle's test output and every w2sr consumer use) on the test input, and what that does to the
     output: the residual ``bioimageio test`` sees."""
     from w2sr.core.normalization import PercentileMap
-    from export.runtimes import OnnxRuntime
 
     norm = info.normalization
     raw = np.load(info.test_input)[0, :, :, 0].astype(np.float32)
     expected = np.load(info.test_output)[0, :, :, 0].astype(np.float32)
     jdll_map = norm.measure(raw)
     lo, hi = (float(np.percentile(raw, q, method="linear")) for q in (norm.low_percentile, norm.high_percentile))
-    rt = OnnxRuntime(info.onnx_path, providers=["CPUExecutionProvider"])
+    rt = (pool or RuntimePool(info, None)).get("onnx-cpu")
     theirs = norm.output(rt.predict(PercentileMap(lo, hi).apply(raw)[None, :, :, None]))[0, :, :, 0]
     cmp_ = Comparison.of(theirs, expected)
     return (f"percentile definitions on the test input: JDLL / w2sr (sorted[int(N p / 100)]) lo {jdll_map.lo:.6g}, "

@@ -155,8 +155,8 @@ def output_description(norm: Normalization, scale: int) -> str:
 
 def deepimagej_sizes_note(tile: int, halo: int, scale: int = 2, multiple: int = 1) -> str:
     """One sentence for the rdf description: the image sides DeepImageJ run directly does not handle
-    exactly (``export.jdll.exposed_sides``); the bundle's Fiji macro handles them all."""
-    from export.jdll import exposed_sides
+    exactly (``w2sr.bundle.jdll.exposed_sides``); the bundle's Fiji macro handles them all."""
+    from w2sr.bundle.jdll import exposed_sides
 
     shifted, refused_below = exposed_sides(tile, halo, scale)
     if multiple > 1:

@@ -31,10 +31,10 @@ from w2sr.core.contract import INPUT_NAME, OUTPUT_NAME
 from w2sr.core.errors import UserError
 from w2sr.core.files import scratch_dir
 
+from w2sr.bundle.savedmodel import SIGNATURE_KEY, TAG, load_graph_def, run_tf1, tf1_session, unzip_savedmodel
+
 log = logging.getLogger(__name__)
 
-TAG = "serve"
-SIGNATURE_KEY = "serving_default"
 
 #: Ops the frozen graph may contain, each with the NodeDef attributes TensorFlow 1.15 defines for
 #: it (attributes starting with "_" are internal and ignored by every runtime). Default-valued
@@ -88,6 +88,7 @@ ALLOWED_OPS: dict[str, frozenset[str]] = {
     "Fill": frozenset({"T", "index_type"}),
 }
 
+
 #: fixed zip timestamp (the earliest a zip can store): same bytes for the same graph
 ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 
@@ -102,10 +103,6 @@ class SavedModelExport:
     n_params: int                  # model.count_params()
     graph_bytes: int               # size of saved_model.pb
     attrs_stripped: list[str] = field(default_factory=list)
-
-
-# --------------------------------------------------------------------------------------------
-# Keras model loading and checks
 
 
 def check_generator(model: Any, source: str | Path = "model", scale: int = 2) -> None:
@@ -131,10 +128,6 @@ def check_generator(model: Any, source: str | Path = "model", scale: int = 2) ->
             f"{source}: not a single-channel {scale}x model: input (1, 13, 17, 1) gave {out.shape}, "
             f"expected {expected}"
         )
-
-
-# --------------------------------------------------------------------------------------------
-# freezing
 
 
 def freeze_keras_model(model: Any, padding: int = 0, scale: int = 2, multiple: int = 1) -> Any:
@@ -248,10 +241,6 @@ def count_constant_values(graph_def: Any) -> int:
     return total
 
 
-# --------------------------------------------------------------------------------------------
-# writing and zipping
-
-
 def write_frozen_savedmodel(graph_def: Any, out_dir: Path) -> Path:
     """Write ``graph_def`` as a TF1-style SavedModel (tag serve, signature serving_default)."""
     import tensorflow as tf
@@ -330,59 +319,6 @@ def export_savedmodel(model: Any, zip_path: str | Path, *, source: str | Path = 
                             attrs_stripped=stripped)
 
 
-# --------------------------------------------------------------------------------------------
-# reading back
-
-
-class _Unzipped:
-    """A SavedModel folder: the folder itself, or a zip extracted to a temporary folder."""
-
-    def __init__(self, path: str | Path):
-        path = Path(path)
-        self._tmp: tempfile.TemporaryDirectory | None = None
-        if path.is_dir():
-            self.dir = path
-        elif zipfile.is_zipfile(path):
-            self._tmp = scratch_dir("savedmodel")
-            with zipfile.ZipFile(path) as zf:
-                zf.extractall(self._tmp.name)
-            self.dir = Path(self._tmp.name)
-        else:
-            raise UserError(f"{path}: not a SavedModel folder or zip")
-        if not (self.dir / "saved_model.pb").is_file():
-            raise UserError(f"{path}: no saved_model.pb at its top level")
-
-    def cleanup(self) -> None:
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
-
-def unzip_savedmodel(path: str | Path) -> _Unzipped:
-    return _Unzipped(path)
-
-
-@contextlib.contextmanager
-def tf1_session(path: str | Path) -> Iterator[tuple[Any, Any, Any]]:
-    """(session, meta graph, signature) of a SavedModel (folder or zip) loaded as DeepImageJ's TF 1.15
-    engine loads it: the TF1 loader, tag ``serve``, signature ``serving_default`` with the contract's
-    tensor names (UserError otherwise)."""
-    import tensorflow as tf
-
-    sm = _Unzipped(path)
-    try:
-        graph = tf.Graph()
-        with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
-            meta = tf.compat.v1.saved_model.loader.load(sess, [TAG], str(sm.dir))
-            sig = meta.signature_def[SIGNATURE_KEY]
-            if set(sig.inputs) != {INPUT_NAME} or set(sig.outputs) != {OUTPUT_NAME}:
-                raise UserError(f"{path}: signature '{SIGNATURE_KEY}' has inputs {list(sig.inputs)} and "
-                                f"outputs {list(sig.outputs)}, expected ['{INPUT_NAME}'] -> ['{OUTPUT_NAME}']")
-            yield sess, meta, sig
-    finally:
-        sm.cleanup()
-
-
 def written_graph_def(sm_dir: Path) -> Any:
     """The graph exactly as ``saved_model.pb`` stores it (a loader would add default attributes back,
     ones TensorFlow 1.15 may not know, such as MaxPool's ``explicit_paddings``)."""
@@ -391,15 +327,3 @@ def written_graph_def(sm_dir: Path) -> Any:
     sm = saved_model_pb2.SavedModel()
     sm.ParseFromString((Path(sm_dir) / "saved_model.pb").read_bytes())
     return sm.meta_graphs[0].graph_def
-
-
-def load_graph_def(path: str | Path) -> Any:
-    """The graph of a SavedModel (folder or zip), loaded with the TF1 loader and tag ``serve``."""
-    with tf1_session(path) as (_, meta, _sig):
-        return meta.graph_def
-
-
-def run_tf1(path: str | Path, x: np.ndarray) -> np.ndarray:
-    """Run the SavedModel through the TF1 session API, as DeepImageJ's TF 1.15 engine does."""
-    with tf1_session(path) as (sess, _, sig):
-        return sess.run(sig.outputs[OUTPUT_NAME].name, {sig.inputs[INPUT_NAME].name: np.asarray(x, np.float32)})

@@ -36,11 +36,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from export.bundle_info import sha256_file
-from export.parity import (FAILED, PASSED, _keras_path, fast_mode_rows, parity_matrix, percentile_definition_note,
-                           size_checks)
+from w2sr.bundle.reader import sha256_file
+from export.parity import (FAILED, PASSED, RuntimePool, _keras_path, fast_mode_rows, parity_matrix,
+                           percentile_definition_note, size_checks)
 from w2sr.core.contract import ATOL, RTOL, RULE
-from export.proc import die_with_parent
+from w2sr.core.proc import die_with_parent
 from w2sr.core.files import scratch_dir
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ def _machine() -> dict:
 
 def deepimagej_direct_note(doc: dict) -> str:
     """Which image sides DeepImageJ called directly (no Fiji macro) does not run exactly with this rdf."""
-    from export import jdll
+    from w2sr.bundle import jdll
 
     model = jdll.JdllModel.from_rdf(doc)
     if model.y.step or model.x.step:
@@ -255,7 +255,7 @@ def validate_bundle(path: str | Path, *, keras_path: Optional[Path] = None, bioi
                     progress: Callable[[str], None] = log.info) -> ValidationReport:
     """Run every check on the bundle at ``path`` (folder or its rdf.yaml); never raises for a failed
     check (see ``report.ok`` / ``report.failures``), only for a path that is not a bundle."""
-    from export.bundle_info import read_bundle
+    from w2sr.bundle.reader import read_bundle
 
     t0 = time.perf_counter()
     info = read_bundle(path)
@@ -269,17 +269,18 @@ def validate_bundle(path: str | Path, *, keras_path: Optional[Path] = None, bioi
         report.bioimageio += run_bioimageio_test(root / "rdf.yaml", format_version=RDF04_TEST_FORMAT)
 
     progress("(b) parity matrix on the test input")
-    rows, keras_out = parity_matrix(info, kp)
+    pool = RuntimePool(info, kp)  # each runtime opened once for all the checks below
+    rows, keras_out = parity_matrix(info, kp, pool)
     report.parity = rows
-    report.fast_modes = fast_mode_rows(info, kp, "gpu")
+    report.fast_modes = fast_mode_rows(info, kp, "gpu", pool)
 
     if info.normalization.percentile:
-        report.notes.append(percentile_definition_note(info))
+        report.notes.append(percentile_definition_note(info, pool))
     report.notes.append(deepimagej_direct_note(doc))
 
     if sizes:
         progress(f"(c) odd sizes {list(sizes)} and 8/16-bit inputs through the bundle path")
-        report.sizes, notes = size_checks(info, kp, sizes)
+        report.sizes, notes = size_checks(info, kp, sizes, pool=pool)
         report.notes += notes
 
     report.files = check_files(root, doc)

@@ -402,7 +402,7 @@ function predictImage(src, outPath) {
 // The side a plane is mirror-padded to: a side shorter than tile - 2*halo becomes the smallest whole
 // number of mirrored copies of itself that reaches tile - 2*halo. JDLL 0.6.1 refuses a tile over 3x the
 // image side and, when tile - side is odd, shifts such an output by one pixel: this avoids both, and
-// whole copies keep the image's percentiles (export.jdll.macro_canvas, fiji_macros/README.md).
+// whole copies keep the image's percentiles (w2sr.bundle.jdll.macro_canvas, fiji_macros/README.md).
 // A pooling network (size_multiple m > 1) needs a side divisible by m (JDLL's tiles then keep its grid):
 // whole copies, as few as are divisible by m, with percentiles; without, the mirror reaching a halo
 // beyond the image, up to a multiple of m.
@@ -421,7 +421,7 @@ function paddedSide(side) {
 }
 
 // Pads the active single-plane image at the bottom and right to w x h with its mirror image (numpy
-// "symmetric": the edge pixel repeated), as export.jdll.predict_like_macro does.
+// "symmetric": the edge pixel repeated), as w2sr.bundle.jdll.predict_like_macro does.
 function mirrorPadTo(w, h) {
     sw = getWidth(); sh = getHeight();
     if (w == sw && h == sh) return;

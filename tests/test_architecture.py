@@ -1,6 +1,8 @@
-"""Imports flow one way: the shared bottom (w2sr.core) -> training -> export -> prediction and Fiji ->
-the CLI. Every import in the project's packages is read from the source (function-local ones too) and
-checked against that order, so a shortcut upwards fails here rather than in a review."""
+"""Imports flow one way: the shared bottom (w2sr.core) -> the floor for finished bundles (w2sr.bundle)
+-> training -> export -> prediction and Fiji -> the CLI. Every import in the project's packages is read
+from the source (function-local ones too) and checked against that order, so a shortcut upwards fails
+here rather than in a review. Prediction and the Fiji stand-in use a bundle, never the code that builds
+one: they may import only w2sr.core and w2sr.bundle."""
 from __future__ import annotations
 
 import ast
@@ -12,14 +14,17 @@ PACKAGES = ("w2sr", "training", "export", "fiji_macros")
 
 #: module prefix -> layer; a module may import its own layer and the layers below it
 LAYERS = {
-    "w2sr.core": 0,       # errors, bundle contract, normalisation, files, images, CPU features
-    "training": 1,        # config, data, models, losses, training, evaluation
-    "export": 2,          # bundle: build, read, validate; runtimes; tiling; DeepImageJ reproduction
-    "w2sr.predict": 3,    # batch prediction with a bundle
-    "fiji_macros": 3,     # ImageJ macros, their runner, the DeepImageJ stand-in
-    "w2sr.cli": 4,        # the w2sr command and its subcommands
+    "w2sr.core": 0,       # errors, bundle contract, normalisation, padding, tiling, files, images, CPU features
+    "w2sr.bundle": 1,     # a finished bundle: the rdf reader, one runtime per weight format, JDLL reproduced
+    "training": 2,        # config, data, models, losses, training, evaluation
+    "export": 3,          # building a bundle and verifying it: sources, weights, halo, rdf, parity, engines
+    "w2sr.predict": 4,    # batch prediction with a bundle
+    "fiji_macros": 4,     # ImageJ macros, their runner, the DeepImageJ stand-in
+    "w2sr.cli": 5,        # the w2sr command and its subcommands
 }
-NAMES = {0: "w2sr.core", 1: "training", 2: "export", 3: "prediction/Fiji", 4: "CLI"}
+NAMES = {0: "w2sr.core", 1: "w2sr.bundle", 2: "training", 3: "export", 4: "prediction/Fiji", 5: "CLI"}
+#: modules that use a bundle and may import only these layers (not training, not the exporter)
+BUNDLE_USERS = {"w2sr.predict": (0, 1), "fiji_macros": (0, 1)}
 
 
 def layer_of(module: str) -> int | None:
@@ -77,6 +82,11 @@ def violations(root: Path) -> list[str]:
             if theirs is not None and theirs > own:
                 problems.append(f"{path.relative_to(root)}:{line}: {name} ({NAMES[own]}) imports "
                                 f"{target} ({NAMES[theirs]}), a layer above it")
+            user = next((k for k in BUNDLE_USERS if name == k or name.startswith(k + ".")), None)
+            own_package = user is not None and (target == user or target.startswith(user + "."))
+            if user and theirs is not None and theirs not in BUNDLE_USERS[user] and not own_package and theirs <= own:
+                problems.append(f"{path.relative_to(root)}:{line}: {name} ({NAMES[own]}) imports "
+                                f"{target} ({NAMES[theirs]}); a bundle's users import only w2sr.core and w2sr.bundle")
     return problems
 
 
@@ -98,8 +108,13 @@ def test_the_check_catches_an_import_upwards(tmp_path):
     (tmp_path / "w2sr" / "core" / "bad.py").write_text("from w2sr.cli import main\n")
     (tmp_path / "training" / "worse.py").write_text("def f():\n    from export import jdll\n    return jdll\n")
     (tmp_path / "training" / "fine.py").write_text("from w2sr.core import errors\nfrom . import worse\n")
+    (tmp_path / "w2sr" / "predict").mkdir(parents=True)
+    (tmp_path / "w2sr" / "predict" / "shortcut.py").write_text("from export.parity import parity_matrix\n")
+    (tmp_path / "w2sr" / "predict" / "ok.py").write_text("from w2sr.bundle.reader import read_bundle\n")
     found = violations(tmp_path)
-    assert len(found) == 2
+    assert len(found) == 3
+    assert any(f.startswith("w2sr/predict/shortcut.py:1: w2sr.predict.shortcut (prediction/Fiji) imports "
+                            "export.parity.parity_matrix (export); a bundle's users import only") for f in found)
     assert any(f.startswith("w2sr/core/bad.py:1: w2sr.core.bad (w2sr.core) imports w2sr.cli.main (CLI)")
                for f in found)
     assert any(f.startswith("training/worse.py:2: training.worse (training) imports export.jdll (export)")

@@ -43,7 +43,7 @@ def test_the_machine_record_names_cpu_family_model_flags_and_versions():
 
 
 def test_flops_are_counted_on_the_exported_graph_with_its_padding(exported_bundle):
-    from export.bundle_info import read_bundle
+    from w2sr.bundle.reader import read_bundle
 
     info = read_bundle(exported_bundle)
     side = info.valid_size_at_least(64)

@@ -93,7 +93,7 @@ def test_subprocesses_die_with_their_parent(tmp_path):
     pid_file = tmp_path / "child.pid"
     parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import subprocess, sys, time
-        from export.proc import die_with_parent
+        from w2sr.core.proc import die_with_parent
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], preexec_fn=die_with_parent)
         open({str(pid_file)!r}, "w").write(str(child.pid))
         time.sleep(120)

@@ -2,7 +2,7 @@
 
 Not DeepImageJ: the ImageJ plugin hands one 2D image (written as a 32-bit TIFF: JDLL 0.6.1 copies
 every image to float before processing) to this script, which runs the bundle the way DeepImageJ 3.1's
-JDLL 0.6.1 does (``export.jdll``: its kwargs checks and processing, its tile formula, tiles
+JDLL 0.6.1 does (``w2sr.bundle.jdll``: its kwargs checks and processing, its tile formula, tiles
 mirror-padded by the halo, its stitching, with JDLL's one-pixel shift on small images left in)
 with the bundle's ONNX weights, and writes a plain 32-bit TIFF for the plugin to open.
 
@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     model = Path(args.model)
 
-    from export import jdll
-    from export.bundle_info import read_bundle
+    from w2sr.bundle import jdll
+    from w2sr.bundle.reader import read_bundle
     from w2sr.core.errors import UserError
 
     try:
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import tifffile
 
-    from export.runtimes import OnnxRuntime
+    from w2sr.bundle.runtimes import OnnxRuntime
 
     x = np.squeeze(np.asarray(tifffile.imread(args.input), dtype=np.float32))
     if x.ndim != 2:

@@ -1,6 +1,6 @@
 """Percentile normalisation (issue 9): each image is scaled by its own percentiles, with JDLL 0.6.1's
 percentile, so a camera offset, a gain or the pixel type does not change the output; through
-`w2sr predict` and through the bundle as DeepImageJ 3.1 runs it (export.jdll).
+`w2sr predict` and through the bundle as DeepImageJ 3.1 runs it (w2sr.bundle.jdll).
 
 The tiny fixture network has no padding of its own, so its two paths differ at the border (each
 path is compared with itself here); that the two paths agree on every pixel for exported bundles is
@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import tifffile
 
-from export import jdll
-from export.bundle_info import read_bundle
+from w2sr.bundle import jdll
+from w2sr.bundle.reader import read_bundle
 from w2sr.core.contract import outside_tolerance
 from w2sr.predict.model import Model, Settings
 from w2sr.core.normalization import Normalization, NormalizationError, jdll_percentile
-from export.runtimes import OnnxRuntime
+from w2sr.bundle.runtimes import OnnxRuntime
 from tests.fixtures.tiny_model import RF_RADIUS, write_bundle
 from w2sr.cli import main as cli
 
@@ -50,7 +50,7 @@ def test_percentile_is_jdlls_sorted_index_without_interpolation():
 
 
 def test_python_and_deepimagej_normalise_identically():
-    """w2sr.core.normalization (training, predict) and export.jdll (DeepImageJ's ScaleRange on b,y,x,c)."""
+    """w2sr.core.normalization (training, predict) and w2sr.bundle.jdll (DeepImageJ's ScaleRange on b,y,x,c)."""
     img = cells()
     norm = Normalization(low_percentile=1.0, high_percentile=99.8)
     kwargs = {"mode": "per_sample", "axes": "xy", "min_percentile": 1.0, "max_percentile": 99.8, "eps": 1e-6}
@@ -100,7 +100,7 @@ def test_pixel_type_does_not_change_the_output(bundle, dtype):
 
 
 def test_the_fiji_macros_padding_keeps_the_percentiles(tmp_path):
-    """Small images are padded with whole mirrored copies (export.jdll.macro_canvas): same
+    """Small images are padded with whole mirrored copies (w2sr.bundle.jdll.macro_canvas): same
     percentiles, so the network sees the image's own normalisation."""
     import yaml
 

@@ -31,7 +31,7 @@ def _rdf(bundle: Path) -> dict:
 
 
 def _sha(path: Path) -> str:
-    from export.bundle_info import sha256_file
+    from w2sr.bundle.reader import sha256_file
 
     return sha256_file(path)
 
@@ -74,7 +74,7 @@ def test_deepimagej_zip_layout(exported_bundle):
 
 
 def test_rdf_content_and_bundle_info(exported_bundle):
-    from export.bundle_info import read_bundle
+    from w2sr.bundle.reader import read_bundle
 
     doc = _rdf(exported_bundle)
     info = read_bundle(exported_bundle)
@@ -110,8 +110,8 @@ def test_rdf_content_and_bundle_info(exported_bundle):
 
 
 def test_test_tensors_are_float32_byxc_and_match_the_savedmodel(exported_bundle):
-    from export.bundle_info import read_bundle
-    from export.savedmodel import run_tf1
+    from w2sr.bundle.reader import read_bundle
+    from w2sr.bundle.savedmodel import run_tf1
 
     info = read_bundle(exported_bundle)
     x, y = np.load(info.test_input), np.load(info.test_output)
@@ -144,7 +144,8 @@ def test_bioimageio_test_passed_for_both_formats_and_the_zoo_package(exported_bu
 def test_savedmodel_graph_ops_and_tf1_loader(exported_bundle):
     import tensorflow as tf
 
-    from export.savedmodel import ALLOWED_OPS, _Unzipped
+    from w2sr.bundle.savedmodel import _Unzipped
+    from export.savedmodel import ALLOWED_OPS
     from w2sr.core.contract import INPUT_NAME as INPUT_KEY, OUTPUT_NAME as OUTPUT_KEY
 
     sm = _Unzipped(exported_bundle / "tf_saved_model.zip")
@@ -200,8 +201,9 @@ def test_too_small_halo_fails_the_tolerance(exported_bundle):
     """The generator's measured halo passes tiled-vs-whole and one pixel less does not; the bundle's
     halo (= the graph's own padding) adds a margin and passes on the exported weights."""
     from export.halo import tiled_max_diff
-    from export.bundle_info import read_bundle
-    from export.runtimes import KerasRuntime, OnnxRuntime
+    from w2sr.bundle.reader import read_bundle
+    from w2sr.bundle.runtimes import OnnxRuntime
+    from export.runtimes import KerasRuntime
 
     info = read_bundle(exported_bundle)
     measured = _rdf(exported_bundle)["config"]["w2sr"]["halo"]

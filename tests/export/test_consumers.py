@@ -1,6 +1,6 @@
 """Every consumer gets `w2sr predict`'s numbers (issue 16): bioimageio.core's `predict` as people call it
 (the CLI and the Python API, no blockwise flags) on `rdf.yaml` and on the zoo 0.5 package, the bundle's
-own sample TIFF as an input, and DeepImageJ 3.1 called directly (JDLL 0.6.1's tiling, `export.jdll`,
+own sample TIFF as an input, and DeepImageJ 3.1 called directly (JDLL 0.6.1's tiling, `w2sr.bundle.jdll`,
 without the Fiji macro's padding) at odd and small sizes. Reference: `w2sr predict --precision fp32`."""
 from __future__ import annotations
 
@@ -70,8 +70,8 @@ def _assert_same(got: np.ndarray, want: np.ndarray, what: str) -> None:
 def _with_cores_percentiles(bundle: Path, image: np.ndarray) -> np.ndarray:
     """The bundle's network on the whole image, normalised with numpy's interpolated percentiles
     (bioimageio.core's definition; JDLL, DeepImageJ and `w2sr predict` take ``sorted[int(N p / 100)]``)."""
-    from export.bundle_info import read_bundle
-    from export.runtimes import OnnxRuntime
+    from w2sr.bundle.reader import read_bundle
+    from w2sr.bundle.runtimes import OnnxRuntime
     from w2sr.core.normalization import scale_range
 
     norm = read_bundle(bundle).normalization
@@ -122,9 +122,9 @@ def test_core_on_a_large_image_equals_w2sr_predict(exported_bundle, tmp_path):
 
 
 def _deepimagej_direct(bundle: Path, image: np.ndarray) -> np.ndarray:
-    from export import jdll
-    from export.bundle_info import read_rdf
-    from export.runtimes import OnnxRuntime
+    from w2sr.bundle import jdll
+    from w2sr.bundle.reader import read_rdf
+    from w2sr.bundle.runtimes import OnnxRuntime
 
     model = jdll.JdllModel.from_rdf(read_rdf(bundle))
     rt = OnnxRuntime(bundle / "weights.onnx", providers=["CPUExecutionProvider"])
@@ -142,9 +142,9 @@ def test_deepimagej_run_directly_gives_w2sr_predicts_numbers_from_side_512(expor
 def test_deepimagej_direct_shifts_the_odd_sides_the_rdf_names_and_the_macro_does_not(exported_bundle, tmp_path):
     """333 x 517 run directly comes out one pixel off (JDLL 0.6.1); the side is among those the rdf and
     `w2sr validate` name, and the Fiji macro's path gives the right pixels."""
-    from export import jdll
-    from export.bundle_info import read_rdf
-    from export.runtimes import OnnxRuntime
+    from w2sr.bundle import jdll
+    from w2sr.bundle.reader import read_rdf
+    from w2sr.bundle.runtimes import OnnxRuntime
 
     doc = read_rdf(exported_bundle)
     model = jdll.JdllModel.from_rdf(doc)
@@ -158,8 +158,8 @@ def test_deepimagej_direct_shifts_the_odd_sides_the_rdf_names_and_the_macro_does
 
 
 def test_the_rdf_names_the_sides_deepimagej_does_not_run_exactly(exported_bundle):
-    from export import jdll
-    from export.bundle_info import read_rdf
+    from w2sr.bundle import jdll
+    from w2sr.bundle.reader import read_rdf
 
     doc = read_rdf(exported_bundle)
     tile, halo = doc["inputs"][0]["shape"]["min"][1], doc["config"]["w2sr"]["network"]["deepimagej_halo"]
@@ -173,9 +173,9 @@ def test_the_rdf_names_the_sides_deepimagej_does_not_run_exactly(exported_bundle
 def test_collection_deepimagej_check_replayed_on_the_sample(exported_bundle):
     """The collection's check: halo stripped, the sample input TIFF run by DeepImageJ, every pixel of
     the test output at the zoo tolerance (through the JDLL stand-in)."""
-    from export import jdll
-    from export.bundle_info import read_rdf
-    from export.runtimes import OnnxRuntime
+    from w2sr.bundle import jdll
+    from w2sr.bundle.reader import read_rdf
+    from w2sr.bundle.runtimes import OnnxRuntime
 
     doc = read_rdf(exported_bundle)
     doc["outputs"][0].pop("halo", None)
@@ -188,7 +188,7 @@ def test_collection_deepimagej_check_replayed_on_the_sample(exported_bundle):
 
 def test_the_bundle_texts_read_right(exported_bundle):
     """parity.md names the bundle folder, not the staging folder it was validated in; ordinals are English."""
-    from export.bundle_info import read_rdf
+    from w2sr.bundle.reader import read_rdf
 
     parity = (exported_bundle / "parity.md").read_text()
     assert f"`{exported_bundle}`" in parity and ".staging." not in parity

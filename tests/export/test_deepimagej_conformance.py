@@ -1,4 +1,4 @@
-"""The bundle as DeepImageJ 3.1 runs it: JDLL 0.6.1's rules (export.jdll) applied to the exported rdf.
+"""The bundle as DeepImageJ 3.1 runs it: JDLL 0.6.1's rules (w2sr.bundle.jdll) applied to the exported rdf.
 
 JDLL's rules themselves are checked against cases worked out by hand from its source (tag
 dl-modelrunner-0.6.1: TileCalculator, TileMaker, TileGrid, ZeroMeanUnitVarianceTransformation); then
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
-from export import jdll
+from w2sr.bundle import jdll
 
 from w2sr.core.contract import ATOL as ZOO_ATOL, RTOL as ZOO_RTOL  # noqa: E402
 
@@ -162,8 +162,9 @@ def test_deepimagej_tile_is_fixed_whatever_the_image(exported_bundle):
 def test_deepimagej_reproduces_test_output_on_every_pixel(exported_bundle):
     """JDLL's path (tiles mirror-padded by the halo) == the stored whole-image output, edges included;
     the same weights without the graph's own padding do not match at the edges: the check can fail."""
-    from export.bundle_info import read_bundle
-    from export.runtimes import KerasRuntime, OnnxRuntime, SavedModelRuntime
+    from w2sr.bundle.reader import read_bundle
+    from w2sr.bundle.runtimes import OnnxRuntime, SavedModelRuntime
+    from export.runtimes import KerasRuntime
 
     info = read_bundle(exported_bundle)
     model = jdll.JdllModel.from_rdf(_doc(exported_bundle))
@@ -190,9 +191,9 @@ def test_deepimagej_reproduces_test_output_on_every_pixel(exported_bundle):
 def test_fiji_user_and_python_user_get_the_same_pixels(exported_bundle, shape):
     """Raw images of odd sizes: DeepImageJ through the Fiji macro's padding (and alone where JDLL
     does not shift), `w2sr predict`'s own tiling and whole-image inference agree on every pixel."""
-    from export.bundle_info import read_bundle
+    from w2sr.bundle.reader import read_bundle
     from w2sr.predict.model import Model, Settings
-    from export.runtimes import OnnxRuntime
+    from w2sr.bundle.runtimes import OnnxRuntime
 
     info = read_bundle(exported_bundle)
     model = jdll.JdllModel.from_rdf(_doc(exported_bundle))

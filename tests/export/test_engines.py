@@ -210,7 +210,7 @@ def _record_new_weights(bundle: Path) -> None:
     (otherwise the hash check refuses them before any engine loads them)."""
     import yaml
 
-    from export.bundle_info import sha256_file
+    from w2sr.bundle.reader import sha256_file
 
     doc = yaml.safe_load((bundle / "rdf.yaml").read_text())
     for entry in doc["weights"].values():

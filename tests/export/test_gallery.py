@@ -119,7 +119,7 @@ def bundled(request, gallery_dir) -> tuple[str, Path]:
 
 
 def test_the_exporters_gates_passed(bundled):
-    from export.bundle_info import read_bundle, read_rdf
+    from w2sr.bundle.reader import read_bundle, read_rdf
 
     name, out = bundled
     report = json.loads((out / "parity.json").read_text())
@@ -149,9 +149,9 @@ def test_deepimagejs_old_engines_reproduce_the_test_output(bundled):
 
 
 def test_collection_deepimagej_check_replayed_on_the_sample(bundled):
-    from export import jdll
-    from export.bundle_info import read_rdf
-    from export.runtimes import OnnxRuntime
+    from w2sr.bundle import jdll
+    from w2sr.bundle.reader import read_rdf
+    from w2sr.bundle.runtimes import OnnxRuntime
 
     out = bundled[1]
     doc = read_rdf(out)
@@ -172,9 +172,9 @@ def test_consumers_agree_with_w2sr_predict(bundled, tmp_path):
     from bioimageio.core.tensor import Tensor
     from bioimageio.spec import load_description
 
-    from export import jdll
-    from export.bundle_info import read_rdf
-    from export.runtimes import OnnxRuntime
+    from w2sr.bundle import jdll
+    from w2sr.bundle.reader import read_rdf
+    from w2sr.bundle.runtimes import OnnxRuntime
     from tests.export.test_consumers import _image
 
     name, out = bundled

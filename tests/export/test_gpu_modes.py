@@ -8,11 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from export.bundle_info import read_bundle
+from w2sr.bundle.reader import read_bundle
 from export.parity import MEASURED, SKIPPED, fast_mode_rows
-from export.runtimes import (MATH_MODES, STRICT_MATH, KerasRuntime, OnnxRuntime, SavedModelRuntime, available_runtimes,
-                             cuda_provider, fast_runtimes, make_runtime, ort_cuda_missing, session_providers,
-                             tf_gpu_missing)
+from w2sr.bundle.runtimes import (MATH_MODES, STRICT_MATH, OnnxRuntime, SavedModelRuntime, cuda_provider, ort_cuda_missing, session_providers, tf_gpu_missing)
+from export.runtimes import KerasRuntime, available_runtimes, fast_runtimes, make_runtime
 from export.validate import ValidationReport, format_report
 from w2sr.core.errors import UserError
 

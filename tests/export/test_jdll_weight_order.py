@@ -1,5 +1,5 @@
 """Which weights DeepImageJ 3.1 runs is decided by a Java HashMap, not by the rdf's order: the
-reproduction in ``export.jdll.weight_order`` checked against a real JVM's HashMap with the keys
+reproduction in ``w2sr.bundle.jdll.weight_order`` checked against a real JVM's HashMap with the keys
 JDLL 0.6.1's ``ModelWeight.build`` makes, and what it means for this project's bundle."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import yaml
 
-from export import jdll
+from w2sr.bundle import jdll
 from w2sr.core.contract import DEEPIMAGEJ_FIRST_WEIGHTS
 
 VERSIONS = ["1.15", "1.15.0", "1.15.1", "1.14", "2.7", "2.7.0", "2.7.4", "2.10", "2.10.1", "2.11", "2.11.0", "2.12"]

@@ -94,7 +94,7 @@ def test_bioimageio_test_detects_a_wrong_test_output(exported_bundle, tmp_path):
     """The bioimageio check can fail: same bundle, test output off by 1 % -> failed for both formats."""
     import yaml
 
-    from export.bundle_info import sha256_file
+    from w2sr.bundle.reader import sha256_file
     from export.validate import RDF04_TEST_FORMAT, run_bioimageio_test
 
     bad = shutil.copytree(exported_bundle, tmp_path / "bad", ignore=shutil.ignore_patterns("packages", "generator.keras"))
@@ -122,8 +122,9 @@ def test_available_runtimes_reports_gpu_rows_with_reasons():
 
 
 def test_runtimes_agree_on_a_batch_of_odd_tiles(exported_bundle):
-    from export.bundle_info import read_bundle
-    from export.runtimes import KerasRuntime, OnnxRuntime, SavedModelRuntime
+    from w2sr.bundle.reader import read_bundle
+    from w2sr.bundle.runtimes import OnnxRuntime, SavedModelRuntime
+    from export.runtimes import KerasRuntime
 
     info = read_bundle(exported_bundle)
     x = np.random.default_rng(3).standard_normal((2, 27, 35, 1)).astype(np.float32)

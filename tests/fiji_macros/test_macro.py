@@ -172,7 +172,7 @@ def test_deepimagej2_preprocessing_macro_is_the_bundles_normalisation(fiji_bundl
     """preprocessing.ijm (DeepImageJ 2.1) run by ImageJ on a 16-bit image == w2sr.core.normalization."""
     import tifffile
 
-    from export.bundle_info import read_bundle
+    from w2sr.bundle.reader import read_bundle
 
     img = np.random.default_rng(9).poisson(300, (37, 53)).astype(np.uint16)
     tifffile.imwrite(tmp_path / "in.tif", img)
@@ -501,7 +501,7 @@ def test_folder_input_pads_small_images_that_deepimagej_alone_gets_wrong(fiji_bu
     are the image's) and crops, and then matches the Python predictor."""
     import tifffile
 
-    from export import jdll
+    from w2sr.bundle import jdll
 
     rng = np.random.default_rng(5)
     src, out, alone = tmp_path / "in", tmp_path / "sr", tmp_path / "alone"

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from export.bundle_info import read_bundle
+from w2sr.bundle.reader import read_bundle
 from w2sr.core.contract import outside_tolerance
 from w2sr.core.normalization import postprocess, preprocess
 from w2sr.core.tiling import predict_whole

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.bundle_info import read_bundle
+from w2sr.bundle.reader import read_bundle
 from tests.fixtures.tiny_model import write_bundle
 from w2sr.cli import main as cli
 from w2sr.core import gpu as g

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 
-from export.bundle_info import read_bundle
+from w2sr.bundle.reader import read_bundle
 from tests.fixtures.tiny_model import write_bundle
 from w2sr.predict import paths as ip
 from w2sr.predict.model import load_path

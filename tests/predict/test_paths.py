@@ -11,7 +11,7 @@ import pytest
 
 from w2sr.predict import paths as ip
 from w2sr.core.cpu import cpu_flags, native_bf16
-from export.bundle_info import read_bundle
+from w2sr.bundle.reader import read_bundle
 from w2sr.core.contract import outside_tolerance
 from w2sr.predict.model import load_path
 from tests.fixtures.tiny_model import write_bundle
@@ -84,7 +84,7 @@ def test_the_guard_rejects_a_path_whose_output_is_off_and_says_so(bundle, tmp_pa
     w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 1.05, w.name))
     onnx.save(model, tmp_path / "broken.onnx")
 
-    from export.runtimes import OnnxRuntime
+    from w2sr.bundle.runtimes import OnnxRuntime
 
     def load(path):
         return OnnxRuntime(tmp_path / "broken.onnx") if path == "openvino-bf16" else load_path(info, path)

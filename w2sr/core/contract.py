@@ -20,14 +20,14 @@ ONNX_OPSET = 17
 #: the TensorFlow version the rdf declares for the SavedModel (DeepImageJ 2.1's engine)
 TENSORFLOW_VERSION = "1.15"
 #: the weights DeepImageJ 3.1 runs when the engines of both formats are installed: JDLL 0.6.1 tries the
-#: rdf's weights in a Java HashMap's order, which the declared versions decide (``export.jdll.weight_order``)
+#: rdf's weights in a Java HashMap's order, which the declared versions decide (``w2sr.bundle.jdll.weight_order``)
 DEEPIMAGEJ_FIRST_WEIGHTS = "tensorflow_saved_model_bundle"
 #: ``w2sr predict``'s default tile side (input px): the full model's peak memory for one tile stays under 4 GB
 DEFAULT_TILE = 512
 #: the part of each DeepImageJ tile that is kept (input px): the tile is this + 2 x halo, so a 512 x 512
 #: image is one tile (the real plugin: full model 121 s instead of 463 s with a 512 tile, same pixels).
 #: Run directly (GUI, any macro but ours), JDLL 0.6.1 shifts odd sides below this by one pixel and
-#: refuses sides below a third of the tile (``export.jdll.exposed_sides``; the Fiji macro pads them).
+#: refuses sides below a third of the tile (``w2sr.bundle.jdll.exposed_sides``; the Fiji macro pads them).
 #: A smaller tile would expose fewer sides, but the test tensors are one tile, and on a small one
 #: bioimageio.core's interpolated percentiles miss the stored output (the demo at 88 px: 24 % of
 #: pixels, max 0.0285), so ``bioimageio test rdf.yaml`` fails (docs/consumers.md)

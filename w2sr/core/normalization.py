@@ -156,7 +156,7 @@ InputMap = Union[PercentileMap, FixedMap]
 @dataclass(frozen=True)
 class Normalization:
     """One model's normalisation, from its config (``training.config.NormalizationConfig``) or its
-    rdf (``export.bundle_info.BundleInfo``): raw image -> network input, network output -> output units."""
+    rdf (``w2sr.bundle.reader.BundleInfo``): raw image -> network input, network output -> output units."""
 
     mode: str = "percentile"
     low_percentile: float = DEFAULT_PERCENTILES[0]

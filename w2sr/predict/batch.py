@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from export.bundle_info import read_bundle
+from w2sr.bundle.reader import read_bundle
 from w2sr.core.errors import UserError, one_line
 from w2sr.core.files import sweep_stale
 from w2sr.core.images import SUPPORTED_SUFFIXES

@@ -10,7 +10,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from export.bundle_info import read_bundle
+from w2sr.bundle.reader import read_bundle
 from w2sr.core.errors import UserError, one_line
 from w2sr.core.files import atomic_path, disk_problem
 from w2sr.core.images import checked_plane, open_image

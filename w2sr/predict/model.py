@@ -10,7 +10,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from export.bundle_info import BundleInfo, read_bundle
+from w2sr.bundle.reader import BundleInfo, read_bundle
 from w2sr.core.tiling import balanced_tile, count_tiles, predict_tiled
 from w2sr.core.contract import DEFAULT_TILE
 from w2sr.core.errors import UserError
@@ -61,7 +61,7 @@ def load_path(info: BundleInfo, path: str, threads: Optional[int] = None):
     if not Path(weights).exists():
         raise UserError(f"{weights}: weights named in the rdf are missing")
     info.check_weights(weights)
-    from export.runtimes import OnnxRuntime, OpenVinoRuntime, SavedModelRuntime
+    from w2sr.bundle.runtimes import OnnxRuntime, OpenVinoRuntime, SavedModelRuntime
 
     if runtime == "onnx":
         return OnnxRuntime(weights, threads=threads)

@@ -62,7 +62,7 @@ def openvino_available() -> bool:
 
 def gpu_runtimes() -> dict[str, str]:
     """{"onnx": why not or "", "tensorflow": why not or ""}: which GPU runtimes work here."""
-    from export.runtimes import ort_cuda_missing, tf_gpu_missing
+    from w2sr.bundle.runtimes import ort_cuda_missing, tf_gpu_missing
 
     return {"onnx": ort_cuda_missing(), "tensorflow": tf_gpu_missing()}
 

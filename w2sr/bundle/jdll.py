@@ -481,7 +481,7 @@ def apply_processing(x: np.ndarray, ops: list, tensor_axes: str) -> np.ndarray:
     for op in ops:
         name = op.get("name")
         if name not in _OPS:
-            raise JdllError(f"processing op '{name}': not reproduced by export.jdll")
+            raise JdllError(f"processing op '{name}': not reproduced by w2sr.bundle.jdll")
         kwargs = op.get("kwargs") or {}
         for key in kwargs:
             if key not in _SETTERS[name]:
