@@ -104,7 +104,7 @@ def test_the_fiji_macros_padding_keeps_the_percentiles(tmp_path):
     percentiles, so the network sees the image's own normalisation."""
     import yaml
 
-    bundle = write_bundle(tmp_path / "tile32", percentiles=(1.0, 99.8), min_size=32, step=0)
+    bundle = write_bundle(tmp_path / "tile32", percentiles=(1.0, 99.8), tile=32)
 
     model = jdll.JdllModel.from_rdf(yaml.safe_load((bundle / "rdf.yaml").read_text()))
     onnx = OnnxRuntime(read_bundle(bundle).onnx_path, providers=["CPUExecutionProvider"])

@@ -77,7 +77,7 @@ def test_gpu_paths_tf32_first_then_strict_fp32_and_the_cpu_reference_only_under_
 
 @pytest.fixture()
 def bundle(tmp_path) -> Path:
-    root = write_bundle(tmp_path / "bundle", savedmodel=True)
+    root = write_bundle(tmp_path / "bundle")
     info = read_bundle(root)
     raw = np.random.default_rng(0).normal(100, 20, (1, 96, 96, 1)).astype(np.float32)
     ref = load_path(info, "onnx-fp32").predict(info.normalization.input(raw[0, :, :, 0])[None, :, :, None])

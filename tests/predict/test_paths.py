@@ -30,7 +30,7 @@ def own_guard_cache(tmp_path, monkeypatch):
 @pytest.fixture()
 def bundle(tmp_path) -> Path:
     """The tiny bundle with real test tensors: a random image and its ONNX fp32 output."""
-    root = write_bundle(tmp_path / "bundle", savedmodel=True)
+    root = write_bundle(tmp_path / "bundle")
     info = read_bundle(root)
     raw = np.random.default_rng(0).normal(100, 20, (1, 96, 96, 1)).astype(np.float32)
     ref = load_path(info, "onnx-fp32").predict(info.normalization.input(raw[0, :, :, 0])[None, :, :, None])
