@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import yaml
 
+from tests.fixtures.rdf_edit import edit_rdf
 from tests.fixtures.tiny_model import write_bundle
 from w2sr.cli import main as cli
 
@@ -101,10 +101,7 @@ def test_resume_without_a_run_to_resume_is_refused(tmp_path, capsys, state):
 
 def test_rdf_yaml_edits_do_not_matter_for_the_one_line_rule(tmp_path, image, capsys):
     """A valid YAML rdf with a wrong weights entry: still one line naming the problem."""
-    b = write_bundle(tmp_path / "bundle")
-    doc = yaml.safe_load((b / "rdf.yaml").read_text())
-    doc["weights"]["onnx"]["source"] = "gone.onnx"
-    (b / "rdf.yaml").write_text(yaml.safe_dump(doc))
+    b = edit_rdf(write_bundle(tmp_path / "bundle"), lambda doc: doc["weights"]["onnx"].update(source="gone.onnx"))
     assert cli(["predict", str(b), str(image), "--out", str(tmp_path / "out")]) == 2
     assert "gone.onnx: weights named in the rdf are missing" in one_error_line(capsys)
 
@@ -195,10 +192,7 @@ def test_an_empty_out_is_refused(tmp_path, image, capsys):
 
 
 def test_a_negative_halo_in_the_rdf_is_named_when_the_bundle_is_read(tmp_path, image, capsys):
-    b = write_bundle(tmp_path / "bundle")
-    doc = yaml.safe_load((b / "rdf.yaml").read_text())
-    doc["outputs"][0]["halo"] = [0, -5, -5, 0]
-    (b / "rdf.yaml").write_text(yaml.safe_dump(doc))
+    b = edit_rdf(write_bundle(tmp_path / "bundle"), lambda doc: doc["outputs"][0].update(halo=[0, -5, -5, 0]))
     assert cli(["predict", str(b), str(image), "--out", str(tmp_path / "out")]) == 2
     line = one_error_line(capsys)
     assert str(b / "rdf.yaml") in line and "output halo -5" in line

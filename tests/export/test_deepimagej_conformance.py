@@ -215,9 +215,8 @@ def test_fiji_user_and_python_user_get_the_same_pixels(exported_bundle, shape):
 
 
 def test_validate_reports_deepimagej_rows_and_fails_on_kwargs_jdll_rejects(exported_bundle, tmp_path):
-    import shutil
-
     from export.validate import validate_bundle
+    from tests.fixtures.rdf_edit import edit_rdf
 
     good = validate_bundle(exported_bundle, bioimageio=False, sizes=())
     # bioimageio.core interpolates its percentiles; the residual it sees on the (one-tile) test input is
@@ -228,12 +227,12 @@ def test_validate_reports_deepimagej_rows_and_fails_on_kwargs_jdll_rejects(expor
     for key in ("deepimagej-onnx", "deepimagej-savedmodel"):
         assert rows[key].status == "passed" and rows[key].vs_test_output.ok, rows[key]
         assert "4 tiles" in rows[key].reason and "JDLL" in rows[key].label + rows[key].reason
-    bad = tmp_path / "no-setter"
-    shutil.copytree(exported_bundle, bad)
-    doc = _doc(bad)
-    kwargs = doc["inputs"][0]["preprocessing"][0]["kwargs"]
-    kwargs["epsilon"] = kwargs.pop("eps")  # bioimageio would read it; JDLL has no setEpsilon
-    (bad / "rdf.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    def no_setter(doc):
+        kwargs = doc["inputs"][0]["preprocessing"][0]["kwargs"]
+        kwargs["epsilon"] = kwargs.pop("eps")  # bioimageio would read it; JDLL has no setEpsilon
+
+    bad = edit_rdf(exported_bundle, no_setter, copy_to=tmp_path / "no-setter")
     report = validate_bundle(bad, bioimageio=False, sizes=())
     rows = {r.key: r for r in report.parity}
     assert rows["deepimagej-onnx"].status == "failed" and not report.ok

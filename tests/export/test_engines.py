@@ -208,14 +208,14 @@ def _rdf_weights(bundle: Path) -> dict:
 def _record_new_weights(bundle: Path) -> None:
     """Write the weight files' current sha256 into rdf.yaml, as an export of those weights would
     (otherwise the hash check refuses them before any engine loads them)."""
-    import yaml
-
     from w2sr.bundle.reader import sha256_file
+    from tests.fixtures.rdf_edit import edit_rdf
 
-    doc = yaml.safe_load((bundle / "rdf.yaml").read_text())
-    for entry in doc["weights"].values():
-        entry["sha256"] = sha256_file(bundle / entry["source"])
-    (bundle / "rdf.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    def record(doc):
+        for entry in doc["weights"].values():
+            entry["sha256"] = sha256_file(bundle / entry["source"])
+
+    edit_rdf(bundle, record)
 
 
 def test_unfrozen_keras_export_fails_in_the_old_tensorflows(bundle, tmp_path):

@@ -92,17 +92,15 @@ def test_validation_fails_for_a_tampered_bundle(exported_bundle, tmp_path):
 
 def test_bioimageio_test_detects_a_wrong_test_output(exported_bundle, tmp_path):
     """The bioimageio check can fail: same bundle, test output off by 1 % -> failed for both formats."""
-    import yaml
-
     from w2sr.bundle.reader import sha256_file
     from export.validate import RDF04_TEST_FORMAT, run_bioimageio_test
+    from tests.fixtures.rdf_edit import edit_rdf
 
     bad = shutil.copytree(exported_bundle, tmp_path / "bad", ignore=shutil.ignore_patterns("packages", "generator.keras"))
     y = np.load(bad / "test_output.npy")
     np.save(bad / "test_output.npy", (y * 1.01).astype(np.float32))
-    doc = yaml.safe_load((bad / "rdf.yaml").read_text())
-    doc["config"]["w2sr"]["files"]["test_output.npy"] = sha256_file(bad / "test_output.npy")
-    (bad / "rdf.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    edit_rdf(bad, lambda doc: doc["config"]["w2sr"]["files"].update(
+        {"test_output.npy": sha256_file(bad / "test_output.npy")}))
     rows = run_bioimageio_test(bad / "rdf.yaml", format_version=RDF04_TEST_FORMAT)
     status = {r["weight_format"]: r["status"] for r in rows}
     assert status.get("onnx") == "failed" and status.get("tensorflow_saved_model_bundle") == "failed", rows

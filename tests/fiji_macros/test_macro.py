@@ -22,6 +22,7 @@ import pytest
 
 from fiji_macros import imagej_runner
 from tests.fixtures import REPO
+from tests.fixtures.rdf_edit import edit_rdf
 from w2sr.core.contract import ATOL as ZOO_ATOL, RTOL as ZOO_RTOL
 
 ROOT = REPO  # the repository root
@@ -454,16 +455,6 @@ def test_folder_input_reports_a_model_that_does_not_run(fiji_bundle, tmp_path):
     assert not list(out.glob("*.tif"))
 
 
-def _rdf_edited(bundle: Path, dest: Path, edit) -> Path:
-    import yaml
-
-    shutil.copytree(bundle, dest)
-    doc = yaml.safe_load((dest / "rdf.yaml").read_text())
-    edit(doc)
-    (dest / "rdf.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    return dest
-
-
 @pytest.mark.imagej
 @needs_imagej
 def test_standin_throws_like_jdll_on_processing_kwargs_it_rejects(fiji_bundle, tmp_path):
@@ -476,7 +467,7 @@ def test_standin_throws_like_jdll_on_processing_kwargs_it_rejects(fiji_bundle, t
         kwargs = doc["inputs"][0]["preprocessing"][0]["kwargs"]
         kwargs["epsilon"] = kwargs.pop("eps")  # JDLL has no setEpsilon
 
-    old = _rdf_edited(fiji_bundle, tmp_path / "scalar_kwargs", scalar)
+    old = edit_rdf(fiji_bundle, scalar, copy_to=tmp_path / "scalar_kwargs")
     tifffile.imwrite(tmp_path / "x.tif", np.full((64, 64), 100, np.float32))
     out_old, out_new = tmp_path / "out_old", tmp_path / "out_new"
     macro = tmp_path / "kwargs.ijm"
@@ -546,7 +537,7 @@ def test_folder_input_skips_images_deepimagej_would_hang_on(fiji_bundle, predict
         doc["inputs"][0]["shape"] = {"min": [1, 16, 16, 1], "step": [0, 1, 1, 0]}
         del doc["config"]["w2sr"]["network"]["deepimagej_tile"]
 
-    old = _rdf_edited(fiji_bundle, tmp_path / "step1_model", growing_tile)
+    old = edit_rdf(fiji_bundle, growing_tile, copy_to=tmp_path / "step1_model")
     src, out = tmp_path / "in", tmp_path / "sr"
     src.mkdir()
     tifffile.imwrite(src / "huge.tif", np.zeros((7100, 7100), np.uint8))
