@@ -67,6 +67,12 @@ def run_cli(bundle, *args) -> int:
     return cli(["predict", str(bundle), *map(str, args), "--no-progress"])
 
 
+#: the path the onnxruntime reference takes, for outputs compared with it pixel by pixel: the bundle's
+#: real test tensors let the accuracy guard keep bf16 (a CPU with native bf16) or tf32 (a GPU) under
+#: --precision auto, within the guard's 50 dB but not the zoo tolerance the comparisons use
+FP32 = ("--runtime", "onnx", "--precision", "fp32")
+
+
 def sha(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -82,7 +88,7 @@ def test_tif_png_npy_inputs_give_the_whole_image_result(bundle, reference, tmp_p
     iio.imwrite(src / "b.png", b)
     c = image((130, 60), 3)
     np.save(src / "c.npy", c)
-    rc = run_cli(bundle, src, "--out", tmp_path / "out", "--tile", 40)  # several tiles per image
+    rc = run_cli(bundle, src, "--out", tmp_path / "out", "--tile", 40, *FP32)  # several tiles per image
     assert rc == 0
     for name, raw in [("a", a), ("b", b), ("c", c)]:
         out = tifffile.imread(tmp_path / "out" / f"{name}_sr.tif")
@@ -112,7 +118,7 @@ def test_stacks_are_predicted_slice_by_slice(bundle, reference, tmp_path):
     tifffile.imwrite(tmp_path / "t.tif", t, imagej=True, metadata={"axes": "TYX", "finterval": 2.5})
     np.save(tmp_path / "n.npy", z)
     assert run_cli(bundle, tmp_path / "z.tif", tmp_path / "t.tif", tmp_path / "n.npy", "--out", tmp_path / "out",
-                   "--tile", 32) == 0
+                   "--tile", 32, *FP32) == 0
     with tifffile.TiffFile(tmp_path / "out" / "z_sr.tif") as tf:
         assert tf.series[0].axes == "ZYX" and tf.series[0].shape == (3, 80, 104)
         assert tf.imagej_metadata["spacing"] == pytest.approx(0.3)  # Z step unchanged
@@ -162,7 +168,7 @@ def test_uint16_output_states_its_scaling(bundle, reference, tmp_path, caplog):
     a = image((48, 56), 5)
     tifffile.imwrite(tmp_path / "a.tif", a)
     with caplog.at_level(logging.INFO, logger="w2sr.predict"):
-        assert run_cli(bundle, tmp_path / "a.tif", "--out", tmp_path / "out", "--format", "uint16") == 0
+        assert run_cli(bundle, tmp_path / "a.tif", "--out", tmp_path / "out", "--format", "uint16", *FP32) == 0
     with tifffile.TiffFile(tmp_path / "out" / "a_sr.tif") as tf:
         u16 = tf.asarray()
         meta = tf.imagej_metadata
@@ -312,9 +318,9 @@ def test_tensorflow_runtime_matches_onnx(tmp_path):
     b = write_bundle(tmp_path / "bundle")
     a = image((45, 70), 6)
     tifffile.imwrite(tmp_path / "a.tif", a)
-    assert run_cli(b, tmp_path / "a.tif", "--out", tmp_path / "onnx", "--tile", 32) == 0
+    assert run_cli(b, tmp_path / "a.tif", "--out", tmp_path / "onnx", "--tile", 32, *FP32) == 0
     assert run_cli(b, tmp_path / "a.tif", "--out", tmp_path / "tf", "--tile", 32, "--runtime", "tensorflow",
-                   "--threads", "1") == 0
+                   "--precision", "fp32", "--threads", "1") == 0
     tf_out = tifffile.imread(tmp_path / "tf" / "a_sr.tif")
     onnx_out = tifffile.imread(tmp_path / "onnx" / "a_sr.tif")
     assert zoo_close(tf_out, onnx_out)
@@ -414,7 +420,7 @@ def test_a_blank_plane_is_predicted_as_deepimagej_does_and_does_not_fail_the_sta
     for i in (0, 2):
         tifffile.imwrite(tmp_path / f"single{i}.tif", z[i])
     with caplog.at_level(logging.INFO, logger="w2sr.predict"):
-        assert run_cli(pct, tmp_path / "stack.tif", "--out", tmp_path / "out", "--tile", 32) == 0
+        assert run_cli(pct, tmp_path / "stack.tif", "--out", tmp_path / "out", "--tile", 32, *FP32) == 0
     assert "summary: 1 written, 0 skipped (output exists), 0 failed" in caplog.text
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert f"{tmp_path / 'stack.tif'}[1]: its 1st and 99.8th percentiles are equal (7): the plane is " \
@@ -424,7 +430,7 @@ def test_a_blank_plane_is_predicted_as_deepimagej_does_and_does_not_fail_the_sta
     out = tifffile.imread(tmp_path / "out" / "stack_sr.tif")
     assert out.shape == (3, 80, 104) and out.dtype == np.float32
     assert run_cli(pct, tmp_path / "single0.tif", tmp_path / "single2.tif", "--out", tmp_path / "single",
-                   "--tile", 32) == 0
+                   "--tile", 32, *FP32) == 0
     for i in (0, 2):
         np.testing.assert_array_equal(out[i], tifffile.imread(tmp_path / "single" / f"single{i}_sr.tif"))
         assert np.ptp(out[i]) > 0.1  # real planes are restored, not flat
