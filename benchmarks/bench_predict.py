@@ -12,8 +12,9 @@ Models: ``demo`` (training/configs/demo.yaml generator) and ``full`` (w2s.yaml: 
 Give a built bundle with ``--bundle demo=PATH --bundle full=PATH``; otherwise a bundle is built
 from a freshly initialised (random) generator: for the demo model by ``export.bundle.export_bundle``
 (halo measured), for the full model by the exporter's SavedModel + ONNX conversion only
-(``export.savedmodel`` / ``export.onnx_export``) with a minimal rdf and ``--halo`` (default 32 px),
-because the exporter's parity checks take many minutes on the full model (``--build`` chooses).
+(``export.savedmodel`` / ``export.onnx_export``, in-graph padding = ``--halo``, default 32 px) with
+the exporter's own rdf (``export.rdf.build_rdf``), because the exporter's parity checks take many
+minutes on the full model (``--build`` chooses).
 Random weights cost the same time as trained ones; the halo only changes the tile overlap.
 
 The full model takes about 45 s per 512^2 image on the 2-core machine, so by default it is measured
@@ -125,43 +126,50 @@ def build_with_exporter(kind: str, root: Path, halo) -> Path:
 
 
 def build_random_bundle(kind: str, root: Path, halo: int) -> Path:
-    """A minimal bundle (rdf + SavedModel zip + ONNX) around a freshly initialised generator."""
+    """A bundle around a freshly initialised generator, without the exporter's checks: the SavedModel
+    with the exporter's in-graph padding (``halo`` px, as ``export.bundle`` writes it before any growth
+    its parity checks may ask for), its ONNX conversion, test tensors (a random tile in camera counts
+    and the ONNX output on it: the accuracy guard of ``w2sr predict`` checks faster paths on them) and
+    the rdf of the exporter's own builder (``export.rdf.build_rdf``)."""
+    import datetime as _dt
+
     import numpy as np
-    import yaml
 
     from export.onnx_export import export_onnx
+    from export.rdf import RdfParams, build_rdf, write_rdf
     from export.savedmodel import export_savedmodel
     from training.config import load_config, packaged_config
     from training.models import build_generator
+    from w2sr.bundle.reader import sha256_file
+    from w2sr.bundle.runtimes import OnnxRuntime
+    from w2sr.core.contract import ONNX_WEIGHTS, RDF, SAVEDMODEL_ZIP, TEST_INPUT, TEST_OUTPUT, deepimagej_tile
+    from w2sr.core.normalization import Normalization
 
     root.mkdir(parents=True, exist_ok=True)
-    if (root / "rdf.yaml").exists():
+    if (root / RDF).exists():
         return root
     cfg = load_config(packaged_config(CONFIGS[kind]))
     model = build_generator(cfg.generator)
     print(f"[build] {kind}: random RRDBNet nb={cfg.generator.nb} nf={cfg.generator.nf} "
           f"gc={cfg.generator.gc}, {model.count_params():,} parameters -> {root}", flush=True)
-    export_savedmodel(model, root / "tf_saved_model.zip", source=f"random {kind} generator")
-    export_onnx(root / "tf_saved_model.zip", root / "weights.onnx")
-    min_size = max(32, 2 * halo + 16)
-    np.save(root / "test_input.npy", np.zeros((1, min_size, min_size, 1), np.float32))
-    np.save(root / "test_output.npy", np.zeros((1, 2 * min_size, 2 * min_size, 1), np.float32))
-    rdf = {
-        "format_version": "0.4.10", "type": "model", "name": f"bench-random-{kind}",
-        "inputs": [{"name": "input", "axes": "byxc", "data_type": "float32",
-                    "shape": {"min": [1, min_size, min_size, 1], "step": [0, 16, 16, 0]},
-                    "preprocessing": [{"name": "zero_mean_unit_variance",
-                                       "kwargs": {"mode": "fixed", "mean": 2000.0, "std": 1000.0, "axes": "xy"}}]}],
-        "outputs": [{"name": "output", "axes": "byxc", "data_type": "float32",
-                     "shape": {"reference_tensor": "input", "scale": [1, 2, 2, 1], "offset": [0, 0, 0, 0]},
-                     "halo": [0, 2 * halo, 2 * halo, 0],
-                     "postprocessing": [{"name": "scale_linear",
-                                         "kwargs": {"gain": 1000.0, "offset": 2000.0, "axes": "xy"}}]}],
-        "weights": {"onnx": {"source": "weights.onnx", "opset_version": 17},
-                    "tensorflow_saved_model_bundle": {"source": "tf_saved_model.zip", "tensorflow_version": "2.10"}},
-        "test_inputs": ["test_input.npy"], "test_outputs": ["test_output.npy"],
-    }
-    (root / "rdf.yaml").write_text(yaml.safe_dump(rdf, sort_keys=False))
+    export_savedmodel(model, root / SAVEDMODEL_ZIP, source=f"random {kind} generator", padding=halo)
+    export_onnx(root / SAVEDMODEL_ZIP, root / ONNX_WEIGHTS)
+    # the normalisation build_with_exporter gives the same random generators
+    norm = Normalization(mode="fixed", input_mean=2000.0, input_std=1000.0, target_mean=2000.0, target_std=1000.0)
+    tile = deepimagej_tile(halo)
+    raw = np.random.default_rng(0).integers(0, 4000, size=(tile, tile)).astype(np.float32)
+    y = OnnxRuntime(root / ONNX_WEIGHTS).predict(norm.input(raw)[None, :, :, None])
+    np.save(root / TEST_INPUT, raw[None, :, :, None])
+    np.save(root / TEST_OUTPUT, norm.output(y).astype(np.float32))
+    params = RdfParams(
+        name=f"bench-random-{kind}", normalization=norm, halo=halo, tile=tile, padding=halo,
+        any_size_from=max(1, halo), savedmodel_sha256=sha256_file(root / SAVEDMODEL_ZIP),
+        onnx_sha256=sha256_file(root / ONNX_WEIGHTS),
+        timestamp=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        description=f"Random-weight {kind} generator for benchmarks/bench_predict.py (not a trained model).",
+        w2sr={"benchmark": f"random {CONFIGS[kind]}.yaml generator, halo {halo} px given, not measured"},
+    )
+    write_rdf(build_rdf(params), root / RDF)
     return root
 
 
@@ -239,8 +247,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="runtime threads (default: the runtime's)")
     p.add_argument("--build", choices=("auto", "exporter", "minimal"), default="auto",
                    help="how a random bundle is built: export.bundle.export_bundle, or only SavedModel + ONNX + "
-                        "a minimal rdf; auto = exporter for demo, minimal for full (the exporter's parity checks "
-                        "on the full model take many minutes)")
+                        "test tensors + the exporter's rdf, without its checks; auto = exporter for demo, minimal "
+                        "for full (the exporter's parity checks on the full model take many minutes)")
     p.add_argument("--halo", type=int, default=None,
                    help="halo for random bundles (exporter: default measured; minimal: default 32)")
     p.add_argument("--workdir", default=None, help="where bundles and images go (default: a temp folder)")
